@@ -1,0 +1,206 @@
+//! Builds the whole gateway from settings: store, sources, both listeners.
+//! Binding happens here so tests can ask for port 0 and read the real port.
+
+use std::{net::SocketAddr, net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::{App, HttpServer, dev::Server, web};
+
+use crate::{
+    http::{self, AppState, Sources},
+    metrics::Metrics,
+    record::now_ms,
+    settings::{Settings, configured},
+    sources::{Source, zoom::Zoom},
+    store::{self, Store, StoreError},
+};
+
+/// How long in-flight requests may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: u64 = 30;
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    public: Server,
+    admin: Server,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    store: Arc<dyn Store>,
+    retention_ms: i64,
+}
+
+fn bind(addr: &str) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let store = store::open(&settings.database_url)?;
+        let metrics = Arc::new(Metrics::new());
+        let sources = Sources {
+            zoom: configured(&settings.zoom_webhook_secret_token).map(|secret| {
+                web::Data::new(Zoom::new(
+                    secret.clone(),
+                    settings.zoom_signature_tolerance_secs,
+                    settings.zoom_external_account_id.clone(),
+                ))
+            }),
+        };
+        if sources.zoom.is_some() {
+            metrics.init_source(Zoom::NAME);
+        }
+        let state = web::Data::new(AppState {
+            store: Arc::clone(&store),
+            metrics,
+            max_body_bytes: settings.max_body_bytes,
+        });
+
+        let public_listener = bind(&settings.listen_addr)?;
+        let admin_listener = bind(&settings.admin_addr)?;
+        let public_addr = public_listener
+            .local_addr()
+            .expect("bound socket has an address");
+        let admin_addr = admin_listener
+            .local_addr()
+            .expect("bound socket has an address");
+
+        let public_state = state.clone();
+        let mut public = HttpServer::new(move || {
+            App::new()
+                .configure(|cfg| http::public(cfg, public_state.clone(), sources.clone()))
+                .default_service(web::to(http::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE);
+        if let Some(workers) = settings.workers {
+            public = public.workers(workers);
+        }
+        let public = public
+            .listen(public_listener)
+            .map_err(|source| StartupError::Bind {
+                addr: settings.listen_addr.clone(),
+                source,
+            })?
+            .run();
+
+        let admin = HttpServer::new(move || {
+            App::new()
+                .configure(|cfg| http::admin(cfg, state.clone()))
+                .default_service(web::to(http::not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE)
+        .listen(admin_listener)
+        .map_err(|source| StartupError::Bind {
+            addr: settings.admin_addr.clone(),
+            source,
+        })?
+        .run();
+
+        tracing::info!(%public_addr, %admin_addr, store = %redact_url(&settings.database_url), "listening");
+        Ok(Self {
+            public,
+            admin,
+            public_addr,
+            admin_addr,
+            store,
+            retention_ms: i64::try_from(settings.retention().as_millis()).unwrap_or(i64::MAX),
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The store this instance writes to (for the demo's report and tests).
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then stops accepting, lets requests in
+    /// flight finish (their commits included) and closes the store.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` resolves; the graceful part of [`Self::run_until_stopped`].
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let (public, admin) = (self.public.handle(), self.admin.handle());
+        let janitor =
+            actix_web::rt::spawn(purge_settled(Arc::clone(&self.store), self.retention_ms));
+        // The servers run as their own task: they must keep being polled while
+        // the stop below waits for them to drain.
+        let mut servers =
+            actix_web::rt::spawn(async move { tokio::try_join!(self.public, self.admin) });
+        let result = tokio::select! {
+            result = &mut servers => result,
+            () = stop => {
+                tracing::info!("shutting down: finishing requests in flight");
+                tokio::join!(public.stop(true), admin.stop(true));
+                servers.await
+            }
+        };
+        let result = result
+            .unwrap_or_else(|err| Err(std::io::Error::other(err)))
+            .map(|_| ());
+        janitor.abort();
+        self.store.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+async fn purge_settled(store: Arc<dyn Store>, retention_ms: i64) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    loop {
+        every.tick().await;
+        match store.purge_settled(now_ms() - retention_ms).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "purged settled records past retention"),
+            Err(err) => tracing::warn!(error = %err, "purge of settled records failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Database URLs may carry a password; log only the scheme and what follows the `@`.
+fn redact_url(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => url.to_owned(),
+    }
+}

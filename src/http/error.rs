@@ -1,0 +1,74 @@
+//! The one place errors become HTTP answers: a status and a JSON body
+//! `{"error": code, "message": text}` that never carries internals.
+
+use actix_web::{HttpResponse, ResponseError, http::StatusCode};
+use serde_json::json;
+
+use crate::{sources::Rejection, store::StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("no such route")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("body exceeds the limit of {0} bytes")]
+    TooLarge(usize),
+    /// Never a 4xx: platforms retry only 5xx and network failures.
+    #[error("the store cannot take the write now; retry later")]
+    Unavailable(#[source] StoreError),
+}
+
+impl ApiError {
+    /// The `outcome` label of `relay_webhooks_received_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) | ApiError::NotFound => "unauthorized",
+            ApiError::Invalid(_) => "invalid",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::NotFound => "not_found",
+            ApiError::Invalid(_) => "invalid_request",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::Unavailable(_) => "store_unavailable",
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Unauthorized(why) => ApiError::Unauthorized(why),
+            Rejection::Invalid(why) => ApiError::Invalid(why),
+            Rejection::Store(err) => ApiError::Unavailable(err),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Unavailable(cause) = self {
+            tracing::error!(error = %cause, "store unavailable");
+        }
+        HttpResponse::build(self.status_code())
+            .json(json!({ "error": self.code(), "message": self.to_string() }))
+    }
+}

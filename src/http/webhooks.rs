@@ -1,0 +1,127 @@
+//! The webhook routes: one pipeline (read, authenticate, interpret, store,
+//! answer) shared by every source, timed and counted per source.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+
+use super::{AppState, error::ApiError};
+use crate::{
+    record::{Delivery, now_ms},
+    sources::{Inbound, Source, zoom::Zoom},
+};
+
+/// The body of every 200 that is not a handshake.
+#[derive(Debug, Default, Serialize)]
+pub struct Counts {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub ignored: usize,
+}
+
+enum Answer {
+    Reply(serde_json::Value),
+    Counts(Counts),
+}
+
+impl Answer {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Answer::Reply(_) => "ignored",
+            Answer::Counts(c) if c.accepted > 0 => "accepted",
+            Answer::Counts(c) if c.duplicates > 0 => "duplicate",
+            Answer::Counts(_) => "ignored",
+        }
+    }
+}
+
+/// Routes of the configured sources; an unconfigured source's route is absent (404).
+pub fn configure(cfg: &mut web::ServiceConfig, zoom: Option<web::Data<Zoom>>) {
+    if let Some(zoom) = zoom {
+        cfg.app_data(zoom)
+            .route("/webhooks/zoom", web::post().to(receive::<Zoom>));
+    }
+}
+
+async fn receive<S: Source>(
+    request: HttpRequest,
+    body: web::Payload,
+    source: web::Data<S>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let timer = state
+        .metrics
+        .ingest_duration
+        .with_label_values(&[S::NAME])
+        .start_timer();
+    let result = ingest(&request, body, source.get_ref(), &state).await;
+    let outcome = match &result {
+        Ok(answer) => answer.outcome(),
+        Err(err) => err.outcome(),
+    };
+    state
+        .metrics
+        .webhooks_received
+        .with_label_values(&[S::NAME, outcome])
+        .inc();
+    timer.observe_duration();
+    if let Err(err) = &result {
+        tracing::info!(source = S::NAME, outcome, reason = %err, "webhook refused");
+    }
+    Ok(match result? {
+        Answer::Reply(body) => HttpResponse::Ok().json(body),
+        Answer::Counts(counts) => HttpResponse::Ok().json(counts),
+    })
+}
+
+async fn ingest<S: Source>(
+    request: &HttpRequest,
+    body: web::Payload,
+    source: &S,
+    state: &AppState,
+) -> Result<Answer, ApiError> {
+    let body = body
+        .to_bytes_limited(state.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::TooLarge(state.max_body_bytes))?
+        .map_err(|err| ApiError::Invalid(format!("cannot read the body: {err}")))?;
+    source.authenticate(request, &body)?;
+    let records = match source.interpret(&body, state.store.as_ref()).await? {
+        Inbound::Reply(reply) => return Ok(Answer::Reply(reply)),
+        Inbound::Ignored => {
+            return Ok(Answer::Counts(Counts {
+                ignored: 1,
+                ..Counts::default()
+            }));
+        }
+        Inbound::Records(records) => records,
+    };
+    let unmappable: Vec<_> = records
+        .iter()
+        .map(|r| (!r.is_mappable()).then_some(r.state))
+        .collect();
+    let delivery = Delivery {
+        source: S::NAME,
+        key: source.delivery_key(&body),
+        body: body.to_vec(),
+        received_ms: now_ms(),
+    };
+    let outcome = state
+        .store
+        .ingest(delivery, records)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    for (fresh, unmappable) in outcome.fresh.iter().zip(unmappable) {
+        if let (true, Some(state_label)) = (fresh, unmappable) {
+            state
+                .metrics
+                .records
+                .with_label_values(&[state_label.as_str(), "unmappable"])
+                .inc();
+        }
+    }
+    Ok(Answer::Counts(Counts {
+        accepted: outcome.accepted(),
+        duplicates: outcome.duplicates(),
+        ignored: 0,
+    }))
+}

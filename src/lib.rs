@@ -1,0 +1,15 @@
+//! attendance-relay: verified, durable webhook ingest from event platforms,
+//! forwarded to HubSpot as marketing-event attendance.
+//!
+//! The pipeline, module by module: `sources` (one per platform) turn deliveries
+//! into `record`s; `store` keeps them durably; `http` serves the routes;
+//! `app` wires it together from `settings`.
+
+pub mod app;
+pub mod http;
+pub mod metrics;
+pub mod record;
+pub mod settings;
+pub mod sources;
+pub mod store;
+pub mod telemetry;

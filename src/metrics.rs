@@ -1,0 +1,152 @@
+//! The Prometheus registry of one application instance (not the global one,
+//! so several instances can run in one test process).
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder, core::Collector,
+};
+
+use crate::{
+    record::State,
+    store::{QueueStats, RecordStatus},
+};
+
+/// Every `outcome` label of `relay_webhooks_received_total`.
+pub const WEBHOOK_OUTCOMES: [&str; 7] = [
+    "accepted",
+    "duplicate",
+    "ignored",
+    "unauthorized",
+    "invalid",
+    "too_large",
+    "unavailable",
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub webhooks_received: IntCounterVec,
+    pub ingest_duration: HistogramVec,
+    pub records: IntCounterVec,
+    queue_records: IntGaugeVec,
+    oldest_pending_age: Gauge,
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique");
+    collector
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registers once");
+        let metrics = Self {
+            registry: registry.clone(),
+            webhooks_received: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "relay_webhooks_received_total",
+                        "Webhook deliveries by source and outcome.",
+                    ),
+                    &["source", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            ingest_duration: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "relay_ingest_duration_seconds",
+                        "Time from request to durable answer, by source.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ]),
+                    &["source"],
+                )
+                .expect("valid metric"),
+            ),
+            records: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "relay_records_total",
+                        "Attendance records by state and outcome.",
+                    ),
+                    &["state", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            queue_records: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("relay_queue_records", "Stored records by status."),
+                    &["status"],
+                )
+                .expect("valid metric"),
+            ),
+            oldest_pending_age: register(
+                &registry,
+                Gauge::new(
+                    "relay_oldest_pending_age_seconds",
+                    "Age of the oldest record waiting to be forwarded.",
+                )
+                .expect("valid metric"),
+            ),
+        };
+        for state in State::ALL {
+            metrics
+                .records
+                .with_label_values(&[state.as_str(), "unmappable"]);
+        }
+        metrics
+    }
+
+    /// Makes a source's series visible (at zero) before its first delivery.
+    pub fn init_source(&self, source: &str) {
+        for outcome in WEBHOOK_OUTCOMES {
+            self.webhooks_received.with_label_values(&[source, outcome]);
+        }
+        self.ingest_duration.with_label_values(&[source]);
+    }
+
+    pub fn observe_queue(&self, stats: &QueueStats, now_ms: i64) {
+        for status in RecordStatus::ALL {
+            let count = stats
+                .by_status
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0, |(_, n)| *n);
+            self.queue_records
+                .with_label_values(&[status.as_str()])
+                .set(count);
+        }
+        let age_ms = stats
+            .oldest_pending_ms
+            .map_or(0, |oldest| (now_ms - oldest).max(0));
+        self.oldest_pending_age.set(age_ms as f64 / 1000.0);
+    }
+
+    /// Prometheus text exposition of everything registered.
+    pub fn encode(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding into memory cannot fail");
+        String::from_utf8(buffer).expect("text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,144 @@
+//! The platform-neutral attendance record every source produces and the
+//! store and forwarder work on.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// HubSpot's `subscriberState` path segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Register,
+    Attend,
+    Cancel,
+}
+
+impl State {
+    pub const ALL: [State; 3] = [State::Register, State::Attend, State::Cancel];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Register => "register",
+            State::Attend => "attend",
+            State::Cancel => "cancel",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+}
+
+/// What the platform told us about the event itself; kept so a missing HubSpot
+/// marketing event can be created from it later.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+}
+
+/// One attendance fact, ready to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRecord {
+    pub state: State,
+    /// Lower-cased; empty when the platform withheld it (then the record is
+    /// kept for inspection but cannot be forwarded).
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// HubSpot contact id when the sender already knows it.
+    pub vid: Option<i64>,
+    pub external_event_id: String,
+    pub external_account_id: String,
+    /// Epoch milliseconds.
+    pub interaction_ms: i64,
+    pub properties: BTreeMap<String, String>,
+    pub event: Option<EventInfo>,
+}
+
+impl NewRecord {
+    /// A record needs an email or a contact id to reach a HubSpot contact.
+    pub fn is_mappable(&self) -> bool {
+        self.vid.is_some() || !self.email.is_empty()
+    }
+
+    /// Identity of the record across deliveries: equal platform, state, contact,
+    /// event, interaction time and properties mean the same record.
+    pub fn dedupe_key(&self, source: &str) -> [u8; 32] {
+        let identity = serde_json::json!([
+            source,
+            self.state,
+            self.email,
+            self.vid,
+            self.external_account_id,
+            self.external_event_id,
+            self.interaction_ms,
+            self.properties,
+        ]);
+        Sha256::digest(identity.to_string().as_bytes()).into()
+    }
+}
+
+/// A webhook delivery as received, stored next to the records it produced.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub source: &'static str,
+    /// Identity of the delivery: the same key again is a duplicate delivery.
+    pub key: [u8; 32],
+    pub body: Vec<u8>,
+    pub received_ms: i64,
+}
+
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_millis() as i64
+}
+
+/// ISO 8601 UTC with second precision (`2026-01-01T10:00:00Z`), as HubSpot
+/// properties carry it; sub-second parts are kept when the platform sent them.
+pub fn format_utc(ms: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    if ms % 1000 == 0 {
+        at.format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+        ))
+    } else {
+        at.format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        ))
+    }
+    .unwrap_or_default()
+}
+
+/// Parses an RFC 3339 timestamp to epoch milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let at = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some((at.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_in_utc() {
+        let ms = parse_rfc3339_ms("2021-07-13T21:44:51Z").unwrap();
+        assert_eq!(ms, 1_626_212_691_000);
+        assert_eq!(format_utc(ms), "2021-07-13T21:44:51Z");
+        assert_eq!(parse_rfc3339_ms("2021-07-13T23:44:51+02:00"), Some(ms));
+        assert_eq!(format_utc(ms + 250), "2021-07-13T21:44:51.250Z");
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+    }
+}

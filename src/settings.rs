@@ -1,0 +1,95 @@
+//! Every environment variable the gateway reads, with its default.
+//! The field docs are the configuration reference (README mirrors them).
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use envconfig::Envconfig;
+use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Envconfig, Debug, Clone)]
+pub struct Settings {
+    /// Public listener: webhooks, `/healthz`, `/readyz`.
+    #[envconfig(from = "RELAY_LISTEN_ADDR", default = "0.0.0.0:8080")]
+    pub listen_addr: String,
+
+    /// Admin listener: `/metrics` (and later `/admin/*`). Never exposed by the ingress.
+    #[envconfig(from = "RELAY_ADMIN_ADDR", default = "0.0.0.0:9090")]
+    pub admin_addr: String,
+
+    /// Store: `sqlite://path` (embedded, created on first start).
+    #[envconfig(from = "RELAY_DATABASE_URL", default = "sqlite://data/relay.db")]
+    pub database_url: String,
+
+    /// Request bodies larger than this are answered 413.
+    #[envconfig(from = "RELAY_MAX_BODY_BYTES", default = "262144")]
+    pub max_body_bytes: usize,
+
+    /// Settled records and dedupe keys are kept this long (seconds).
+    #[envconfig(from = "RELAY_RETENTION_SECS", default = "604800")]
+    pub retention_secs: u64,
+
+    /// HTTP worker threads per listener; unset means one per CPU core.
+    #[envconfig(from = "RELAY_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// `json` for structured logs, anything else for human-readable text.
+    #[envconfig(from = "RELAY_LOG_FORMAT", default = "text")]
+    pub log_format: String,
+
+    /// Zoom app's secret token; the Zoom route answers 404 while unset.
+    #[envconfig(from = "ZOOM_WEBHOOK_SECRET_TOKEN")]
+    pub zoom_webhook_secret_token: Option<Secret>,
+
+    /// How old `x-zm-request-timestamp` may be. Zoom retries for about 85 minutes,
+    /// and replays are harmless because deliveries are deduplicated.
+    #[envconfig(from = "ZOOM_SIGNATURE_TOLERANCE_SECS", default = "5400")]
+    pub zoom_signature_tolerance_secs: u64,
+
+    /// externalAccountId for Zoom records; unset means the payload's `account_id`.
+    #[envconfig(from = "ZOOM_EXTERNAL_ACCOUNT_ID")]
+    pub zoom_external_account_id: Option<String>,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, envconfig::Error> {
+        Self::init_from_env()
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_secs)
+    }
+}
+
+/// A secret read from the environment: never printed by `Debug`, and an empty
+/// value counts as unset so `FOO=` in a manifest switches a feature off.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.expose().is_empty()
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(SecretString::from(s)))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([REDACTED])")
+    }
+}
+
+/// Treats an empty variable as unset.
+pub fn configured(secret: &Option<Secret>) -> Option<&Secret> {
+    secret.as_ref().filter(|s| !s.is_empty())
+}

@@ -1,0 +1,8 @@
+//! One integration-test binary (links once): the real application on random
+//! ports, real HTTP, the real embedded store.
+
+mod durability;
+mod helpers;
+mod operations;
+mod store;
+mod zoom;

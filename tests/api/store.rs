@@ -1,0 +1,170 @@
+//! The store contract, written once against `dyn Store` so every store
+//! implementation runs the same suite.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use attendance_relay::{
+    record::{Delivery, NewRecord, State, now_ms},
+    store::{RecordStatus, SqliteStore, Store},
+};
+
+fn record(email: &str, state: State, at: i64) -> NewRecord {
+    NewRecord {
+        state,
+        email: email.to_owned(),
+        first_name: None,
+        last_name: None,
+        vid: None,
+        external_event_id: "evt".to_owned(),
+        external_account_id: "acc".to_owned(),
+        interaction_ms: at,
+        properties: BTreeMap::new(),
+        event: None,
+    }
+}
+
+fn delivery(body: &str, received_ms: i64) -> Delivery {
+    use sha2::Digest;
+    Delivery {
+        source: "zoom",
+        key: sha2::Sha256::digest(body.as_bytes()).into(),
+        body: body.as_bytes().to_vec(),
+        received_ms,
+    }
+}
+
+async fn suite(store: Arc<dyn Store>) {
+    // A delivery and its records, then the same delivery again.
+    let records = vec![
+        record("a@x.io", State::Register, 1),
+        record("", State::Attend, 2),
+    ];
+    let first = store
+        .ingest(delivery("one", now_ms()), records.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            first.accepted(),
+            first.duplicates(),
+            first.duplicate_delivery
+        ),
+        (2, 0, false)
+    );
+    let again = store
+        .ingest(delivery("one", now_ms()), records.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            again.accepted(),
+            again.duplicates(),
+            again.duplicate_delivery
+        ),
+        (0, 2, true)
+    );
+
+    // Another delivery with one known and one new record.
+    let mixed = store
+        .ingest(
+            delivery("two", now_ms()),
+            vec![records[0].clone(), record("b@x.io", State::Cancel, 3)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(mixed.fresh, vec![false, true]);
+
+    let stored = store.records(None, 100).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[0].record, records[0]);
+    assert_eq!(stored[1].status, RecordStatus::Unmappable);
+    let stats = store.queue_stats().await.unwrap();
+    assert!(stats.by_status.contains(&(RecordStatus::Pending, 2)));
+    assert!(stats.by_status.contains(&(RecordStatus::Unmappable, 1)));
+    assert!(stats.oldest_pending_ms.is_some());
+
+    // Open sessions: a join without a leave, latest at or before the given time.
+    let mut join = record("c@x.io", State::Attend, 1_000);
+    join.properties.insert("joinedAt".into(), "t".into());
+    let mut later_join = join.clone();
+    later_join.interaction_ms = 5_000;
+    let mut closed = join.clone();
+    closed.interaction_ms = 7_000;
+    closed.properties.insert("leftAt".into(), "t".into());
+    store
+        .ingest(delivery("three", now_ms()), vec![join, later_join, closed])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .open_join_time("zoom", "evt", "c@x.io", 6_000)
+            .await
+            .unwrap(),
+        Some(5_000)
+    );
+    assert_eq!(
+        store
+            .open_join_time("zoom", "evt", "c@x.io", 4_000)
+            .await
+            .unwrap(),
+        Some(1_000)
+    );
+    assert_eq!(
+        store
+            .open_join_time("zoom", "evt", "c@x.io", 500)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .open_join_time("zoom", "other", "c@x.io", 6_000)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Retention removes settled (here: unmappable) records and their deliveries, never pending ones.
+    store.check_writable().await.unwrap();
+    let removed = store.purge_settled(now_ms() + 1).await.unwrap();
+    assert!(removed >= 1);
+    let left = store.records(None, 100).await.unwrap();
+    assert!(left.iter().all(|r| r.status == RecordStatus::Pending));
+    assert_eq!(left.len(), 5);
+
+    store.close().await;
+    assert!(
+        store.check_writable().await.is_err(),
+        "a closed store refuses writes"
+    );
+}
+
+#[actix_web::test]
+async fn sqlite_store_passes_the_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("nested/relay.db").to_str().unwrap()).unwrap();
+    suite(Arc::new(store)).await;
+}
+
+#[actix_web::test]
+async fn concurrent_writes_share_commits_and_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(dir.path().join("relay.db").to_str().unwrap()).unwrap());
+    let writes = (0..500).map(|i| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .ingest(
+                    delivery(&format!("d{i}"), now_ms()),
+                    vec![record(&format!("p{i}@x.io"), State::Attend, i)],
+                )
+                .await
+                .unwrap()
+        }
+    });
+    let outcomes = futures_util::future::join_all(writes).await;
+    assert!(outcomes.iter().all(|o| o.accepted() == 1));
+    assert_eq!(store.records(None, 1000).await.unwrap().len(), 500);
+    store.close().await;
+}
