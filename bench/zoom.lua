@@ -1,4 +1,4 @@
--- wrk script: replays the pre-signed deliveries in bench/requests.tsv, each once per thread.
+-- wrk script: replays the pre-signed deliveries that bench/zoom_requests.py wrote (path as its argument).
 local requests = {}
 local i = 0
 
