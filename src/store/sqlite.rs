@@ -8,7 +8,7 @@ use std::{
     path::Path,
     sync::{Arc, Mutex, mpsc as std_mpsc},
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -22,7 +22,14 @@ use crate::record::{Delivery, EventInfo, NewRecord, State, now_ms};
 const MAX_GROUP: usize = 512;
 /// Jobs that may wait for the writer before senders are slowed down.
 const QUEUE_DEPTH: usize = 8192;
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// The checkpoint thread copies WAL frames into the database this often, so
+/// little is left for the writer's catch-up below.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
+/// Under steady load the background checkpoint never sees the WAL's end (the
+/// writer keeps appending), so SQLite never restarts the WAL and it grows
+/// without bound. This often the writer itself checkpoints the few frames the
+/// background one has not copied yet, which lets the next commit restart it.
+const WAL_RESTART_EVERY: Duration = Duration::from_millis(200);
 /// A locked database fails the write (503, the platform retries) after this
 /// rather than holding the webhook past the platform's own timeout (Zoom: 3 s).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,7 +46,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE TABLE IF NOT EXISTS records (
     id                  INTEGER PRIMARY KEY,
     delivery_id         INTEGER NOT NULL REFERENCES deliveries (id),
-    dedupe_key          BLOB    NOT NULL UNIQUE,
+    dedupe_key          BLOB    NOT NULL,
     source              TEXT    NOT NULL,
     state               TEXT    NOT NULL,
     email               TEXT    NOT NULL,
@@ -59,7 +66,11 @@ CREATE TABLE IF NOT EXISTS records (
     updated_ms          INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_by_status ON records (status, next_attempt_ms);
-CREATE INDEX IF NOT EXISTS records_by_contact ON records (external_event_id, email);
+-- Record dedupe and the join look-up of a participant_left share one index:
+-- every webhook dirties one page per random-keyed index, and those pages are
+-- most of what a commit writes.
+CREATE UNIQUE INDEX IF NOT EXISTS records_by_contact ON records (external_event_id, email, dedupe_key);
+CREATE INDEX IF NOT EXISTS records_by_delivery ON records (delivery_id);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -183,6 +194,7 @@ fn in_savepoint<T>(
 
 fn run_writer(conn: &Connection, mut inbox: mpsc::Receiver<Msg>) {
     let mut stopping = false;
+    let mut last_restart = Instant::now();
     while !stopping {
         let Some(first) = inbox.blocking_recv() else {
             break;
@@ -203,6 +215,9 @@ fn run_writer(conn: &Connection, mut inbox: mpsc::Receiver<Msg>) {
             }
         }
         commit_group(conn, group);
+        if last_restart.elapsed() >= WAL_RESTART_EVERY && wal_caught_up(conn) {
+            last_restart = Instant::now();
+        }
     }
     inbox.close();
     // Jobs queued after the stop get `Closed` when their reply channel drops.
@@ -227,6 +242,26 @@ fn commit_group(conn: &Connection, group: Vec<Job>) {
     }
     for reply in replies {
         reply(committed.clone().map_err(StoreError::Commit));
+    }
+}
+
+/// Checkpoints what the background thread has not copied yet; true when the
+/// whole WAL is in the database (the next commit then restarts the WAL).
+/// False while the background checkpoint holds the lock: try after the next commit.
+fn wal_caught_up(conn: &Connection) -> bool {
+    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    });
+    match result {
+        Ok((busy, log, copied)) => busy == 0 && log == copied,
+        Err(err) => {
+            tracing::warn!(error = %err, "WAL checkpoint failed");
+            true
+        }
     }
 }
 
@@ -269,7 +304,7 @@ fn insert_delivery(
              external_event_id, external_account_id, interaction_ms, properties, event_info, status,
              next_attempt_ms, created_ms, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?15)
-         ON CONFLICT (dedupe_key) DO NOTHING",
+         ON CONFLICT (external_event_id, email, dedupe_key) DO NOTHING",
     )?;
     let fresh = records
         .iter()
