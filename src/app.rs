@@ -1,17 +1,20 @@
 //! Builds the whole gateway from settings: store, sources, both listeners.
 //! Binding happens here so tests can ask for port 0 and read the real port.
 
-use std::{net::SocketAddr, net::TcpListener, sync::Arc, time::Duration};
+use std::{net::SocketAddr, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
 
 use actix_web::{App, HttpServer, dev::Server, web};
 
 use crate::{
+    forwarder::{self, Forwarder},
     http::{self, AppState, Sources},
+    hubspot::{HubSpotClient, Operation},
     metrics::Metrics,
     record::now_ms,
     settings::{Settings, configured},
     sources::{Source, zoom::Zoom},
     store::{self, Store, StoreError},
+    token::StaticToken,
 };
 
 /// How long in-flight requests may take to finish after SIGTERM.
@@ -35,6 +38,7 @@ pub struct Application {
     public_addr: SocketAddr,
     admin_addr: SocketAddr,
     store: Arc<dyn Store>,
+    forwarder: Forwarder,
     retention_ms: i64,
 }
 
@@ -61,10 +65,18 @@ impl Application {
         if sources.zoom.is_some() {
             metrics.init_source(Zoom::NAME);
         }
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let forwarder = forwarder_from(
+            &settings,
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            Arc::clone(&wake),
+        );
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             metrics,
             max_body_bytes: settings.max_body_bytes,
+            forwarder_wake: wake,
         });
 
         let public_listener = bind(&settings.listen_addr)?;
@@ -117,6 +129,7 @@ impl Application {
             public_addr,
             admin_addr,
             store,
+            forwarder,
             retention_ms: i64::try_from(settings.retention().as_millis()).unwrap_or(i64::MAX),
         })
     }
@@ -148,6 +161,9 @@ impl Application {
         let (public, admin) = (self.public.handle(), self.admin.handle());
         let janitor =
             actix_web::rt::spawn(purge_settled(Arc::clone(&self.store), self.retention_ms));
+        // Stopped mid-call, it leaves leased records that are sent again on
+        // the next start: HubSpot's create is idempotent for them.
+        let forwarder = actix_web::rt::spawn(self.forwarder.run());
         // The servers run as their own task: they must keep being polled while
         // the stop below waits for them to drain.
         let mut servers =
@@ -164,10 +180,40 @@ impl Application {
             .unwrap_or_else(|err| Err(std::io::Error::other(err)))
             .map(|_| ());
         janitor.abort();
+        forwarder.abort();
+        let _ = forwarder.await;
         self.store.close().await;
         tracing::info!("stopped");
         result
     }
+}
+
+fn forwarder_from(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    wake: Arc<tokio::sync::Notify>,
+) -> Forwarder {
+    for operation in Operation::ALL {
+        metrics
+            .hubspot_request_duration
+            .with_label_values(&[operation.as_str()]);
+    }
+    let hubspot = HubSpotClient::new(
+        &settings.hubspot_base_url,
+        Rc::new(StaticToken::new(settings.hubspot_access_token.clone())),
+        settings.hubspot_rate_limit_per_10s,
+        Duration::from_millis(settings.hubspot_request_timeout_ms),
+        Arc::clone(&metrics),
+    );
+    let config = forwarder::Config {
+        batch_size: settings.hubspot_batch_size,
+        linger: Duration::from_millis(settings.batch_linger_ms),
+        max_record_age: Duration::from_secs(settings.max_record_age_secs),
+        create_contacts: settings.create_contacts,
+        upsert_events: settings.upsert_events,
+    };
+    Forwarder::new(store, hubspot, config, metrics, wake)
 }
 
 async fn purge_settled(store: Arc<dyn Store>, retention_ms: i64) {

@@ -2,14 +2,18 @@
 //! forwarded to HubSpot as marketing-event attendance.
 //!
 //! The pipeline, module by module: `sources` (one per platform) turn deliveries
-//! into `record`s; `store` keeps them durably; `http` serves the routes;
-//! `app` wires it together from `settings`.
+//! into `record`s; `store` keeps them durably; `forwarder` sends them through
+//! the `hubspot` client with the credential of `token`; `http` serves the
+//! routes; `app` wires it together from `settings`.
 
 pub mod app;
+pub mod forwarder;
 pub mod http;
+pub mod hubspot;
 pub mod metrics;
 pub mod record;
 pub mod settings;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod token;

@@ -2,8 +2,8 @@
 //! so several instances can run in one test process).
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder, core::Collector,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder, core::Collector,
 };
 
 use crate::{
@@ -22,6 +22,9 @@ pub const WEBHOOK_OUTCOMES: [&str; 7] = [
     "unavailable",
 ];
 
+/// Every `outcome` label of `relay_records_total`.
+pub const RECORD_OUTCOMES: [&str; 3] = ["delivered", "dead_lettered", "unmappable"];
+
 pub struct Metrics {
     registry: Registry,
     pub webhooks_received: IntCounterVec,
@@ -29,6 +32,10 @@ pub struct Metrics {
     pub records: IntCounterVec,
     queue_records: IntGaugeVec,
     oldest_pending_age: Gauge,
+    pub hubspot_requests: IntCounterVec,
+    pub hubspot_request_duration: HistogramVec,
+    pub hubspot_batch_size: Histogram,
+    pub forwarding_paused: IntGauge,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -101,11 +108,55 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            hubspot_requests: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "relay_hubspot_requests_total",
+                        "HubSpot API calls by operation and answer (HTTP status, or `error` when none came).",
+                    ),
+                    &["operation", "status"],
+                )
+                .expect("valid metric"),
+            ),
+            hubspot_request_duration: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "relay_hubspot_request_duration_seconds",
+                        "Duration of HubSpot API calls by operation.",
+                    )
+                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    &["operation"],
+                )
+                .expect("valid metric"),
+            ),
+            hubspot_batch_size: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "relay_hubspot_batch_size",
+                        "Inputs per attendance create call.",
+                    )
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0]),
+                )
+                .expect("valid metric"),
+            ),
+            forwarding_paused: register(
+                &registry,
+                IntGauge::new(
+                    "relay_forwarding_paused",
+                    "1 while forwarding waits for a working HubSpot credential.",
+                )
+                .expect("valid metric"),
+            ),
         };
         for state in State::ALL {
-            metrics
-                .records
-                .with_label_values(&[state.as_str(), "unmappable"]);
+            for outcome in RECORD_OUTCOMES {
+                metrics
+                    .records
+                    .with_label_values(&[state.as_str(), outcome]);
+            }
         }
         metrics
     }

@@ -32,9 +32,49 @@ pub struct Settings {
     #[envconfig(from = "RELAY_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Longest wait (ms) for more records to fill a batch before it is sent.
+    #[envconfig(from = "RELAY_BATCH_LINGER_MS", default = "250")]
+    pub batch_linger_ms: u64,
+
+    /// Undelivered records older than this (seconds) stop being retried and
+    /// become dead letters.
+    #[envconfig(from = "RELAY_MAX_RECORD_AGE_SECS", default = "259200")]
+    pub max_record_age_secs: u64,
+
+    /// Create contacts missing in HubSpot (batch upsert by email); when false
+    /// their records become dead letters.
+    #[envconfig(from = "RELAY_CREATE_CONTACTS", default = "true")]
+    pub create_contacts: bool,
+
+    /// Create marketing events missing in HubSpot from what the platform sent;
+    /// when false their records become dead letters.
+    #[envconfig(from = "RELAY_UPSERT_EVENTS", default = "false")]
+    pub upsert_events: bool,
+
     /// `json` for structured logs, anything else for human-readable text.
     #[envconfig(from = "RELAY_LOG_FORMAT", default = "text")]
     pub log_format: String,
+
+    /// HubSpot API root.
+    #[envconfig(from = "HUBSPOT_BASE_URL", default = "https://api.hubapi.com")]
+    pub hubspot_base_url: String,
+
+    /// Static HubSpot token (private app). Without a credential webhooks are
+    /// still stored; forwarding waits and says why.
+    #[envconfig(from = "HUBSPOT_ACCESS_TOKEN")]
+    pub hubspot_access_token: Option<Secret>,
+
+    /// Inputs per attendance `create` call.
+    #[envconfig(from = "HUBSPOT_BATCH_SIZE", default = "100")]
+    pub hubspot_batch_size: usize,
+
+    /// HubSpot API calls allowed in any 10-second window, all calls together.
+    #[envconfig(from = "HUBSPOT_RATE_LIMIT_PER_10S", default = "100")]
+    pub hubspot_rate_limit_per_10s: u32,
+
+    /// A HubSpot call that has not answered after this long (ms) is retried later.
+    #[envconfig(from = "HUBSPOT_REQUEST_TIMEOUT_MS", default = "15000")]
+    pub hubspot_request_timeout_ms: u64,
 
     /// Zoom app's secret token; the Zoom route answers 404 while unset.
     #[envconfig(from = "ZOOM_WEBHOOK_SECRET_TOKEN")]

@@ -17,6 +17,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// Tells the forwarder that new records are waiting.
+    pub forwarder_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Sources that are configured; each is `None` when its secret is unset.

@@ -110,6 +110,9 @@ async fn ingest<S: Source>(
         .ingest(delivery, records)
         .await
         .map_err(ApiError::Unavailable)?;
+    if outcome.accepted() > 0 {
+        state.forwarder_wake.notify_one();
+    }
     for (fresh, unmappable) in outcome.fresh.iter().zip(unmappable) {
         if let (true, Some(state_label)) = (fresh, unmappable) {
             state

@@ -100,7 +100,31 @@ pub struct StoredRecord {
     pub id: i64,
     pub source: String,
     pub status: RecordStatus,
+    /// Times the forwarder has taken it.
+    pub attempts: i64,
+    /// When it was stored (epoch ms).
+    pub created_ms: i64,
+    /// Not forwarded before this (epoch ms): its arrival, or its retry time.
+    pub next_attempt_ms: i64,
+    /// Why its last attempt failed, or why it is dead.
+    pub last_error: Option<String>,
     pub record: NewRecord,
+}
+
+/// What became of a record the forwarder took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    Delivered,
+    /// Try again at `at_ms`.
+    Retry {
+        at_ms: i64,
+        error: String,
+    },
+    Dead {
+        reason: String,
+    },
+    /// Untouched (forwarding paused): back to the queue as it was.
+    Release,
 }
 
 #[async_trait]
@@ -135,6 +159,23 @@ pub trait Store: Send + Sync {
         status: Option<RecordStatus>,
         limit: i64,
     ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Pending records due by `now_ms` and not taken by a forwarder, oldest
+    /// due first.
+    async fn due(&self, now_ms: i64, limit: i64) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Takes these records for forwarding until `lease_until_ms`; returns the
+    /// ids it got (another forwarder may have taken the rest). A record whose
+    /// lease runs out unsettled — its forwarder died mid-call — is due again.
+    async fn claim(
+        &self,
+        ids: &[i64],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<i64>, StoreError>;
+
+    /// Records what became of taken records, in one commit.
+    async fn settle(&self, outcomes: Vec<(i64, Settlement)>) -> Result<(), StoreError>;
 
     /// Deletes settled records and delivery keys older than the retention; returns rows removed.
     async fn purge_settled(&self, older_than_ms: i64) -> Result<u64, StoreError>;

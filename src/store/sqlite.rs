@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{IngestOutcome, QueueStats, RecordStatus, Store, StoreError, StoredRecord};
+use super::{IngestOutcome, QueueStats, RecordStatus, Settlement, Store, StoreError, StoredRecord};
 use crate::record::{Delivery, EventInfo, NewRecord, State, now_ms};
 
 /// Most jobs one transaction takes; bounds the latency a single commit adds.
@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS records (
     status              TEXT    NOT NULL,
     attempts            INTEGER NOT NULL DEFAULT 0,
     next_attempt_ms     INTEGER NOT NULL,
+    leased_until_ms     INTEGER,
     last_error          TEXT,
     created_ms          INTEGER NOT NULL,
     updated_ms          INTEGER NOT NULL
@@ -111,6 +112,12 @@ impl SqliteStore {
         )?;
         writer.busy_timeout(BUSY_TIMEOUT)?;
         writer.execute_batch(SCHEMA)?;
+        // One process owns an SQLite store, so a lease left from before this
+        // start belongs to a forwarder that died mid-call: due again now.
+        writer.execute(
+            "UPDATE records SET leased_until_ms = NULL WHERE leased_until_ms IS NOT NULL",
+            [],
+        )?;
 
         let reader = Connection::open(path)?;
         reader.busy_timeout(BUSY_TIMEOUT)?;
@@ -342,6 +349,11 @@ fn insert_delivery(
     })
 }
 
+/// Columns [`row_to_record`] reads, in its order.
+const RECORD_COLUMNS: &str = "id, source, state, status, email, first_name, last_name, vid,
+    external_event_id, external_account_id, interaction_ms, properties, event_info,
+    attempts, created_ms, next_attempt_ms, last_error";
+
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
     let text_err = |i, msg: String| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, msg.into())
@@ -355,6 +367,10 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
         source: row.get(1)?,
         status: RecordStatus::parse(&status)
             .ok_or_else(|| text_err(3, format!("status {status}")))?,
+        attempts: row.get(13)?,
+        created_ms: row.get(14)?,
+        next_attempt_ms: row.get(15)?,
+        last_error: row.get(16)?,
         record: NewRecord {
             state: State::parse(&state).ok_or_else(|| text_err(2, format!("state {state}")))?,
             email: row.get(4)?,
@@ -372,6 +388,30 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
                 .map_err(|e| text_err(12, e.to_string()))?,
         },
     })
+}
+
+fn settle_one(
+    conn: &Connection,
+    id: i64,
+    outcome: &Settlement,
+    now: i64,
+) -> rusqlite::Result<usize> {
+    let (status, next_attempt, error) = match outcome {
+        Settlement::Delivered => ("delivered", None, None),
+        Settlement::Retry { at_ms, error } => ("pending", Some(*at_ms), Some(error.as_str())),
+        Settlement::Dead { reason } => ("dead", None, Some(reason.as_str())),
+        Settlement::Release => {
+            return conn
+                .prepare_cached("UPDATE records SET leased_until_ms = NULL WHERE id = ?1")?
+                .execute(params![id]);
+        }
+    };
+    conn.prepare_cached(
+        "UPDATE records SET status = ?2, next_attempt_ms = COALESCE(?3, next_attempt_ms),
+             last_error = COALESCE(?4, last_error), leased_until_ms = NULL, updated_ms = ?5
+         WHERE id = ?1",
+    )?
+    .execute(params![id, status, next_attempt, error, now])
 }
 
 #[async_trait]
@@ -455,14 +495,67 @@ impl Store for SqliteStore {
     ) -> Result<Vec<StoredRecord>, StoreError> {
         self.read(move |conn| {
             let rows = conn
-                .prepare_cached(
-                    "SELECT id, source, state, status, email, first_name, last_name, vid, external_event_id,
-                            external_account_id, interaction_ms, properties, event_info
-                     FROM records WHERE ?1 IS NULL OR status = ?1 ORDER BY id LIMIT ?2",
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records
+                     WHERE ?1 IS NULL OR status = ?1 ORDER BY id LIMIT ?2"
+                ))?
+                .query_map(
+                    params![status.map(RecordStatus::as_str), limit],
+                    row_to_record,
                 )?
-                .query_map(params![status.map(RecordStatus::as_str), limit], row_to_record)?
                 .collect::<Result<_, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn due(&self, now_ms: i64, limit: i64) -> Result<Vec<StoredRecord>, StoreError> {
+        self.read(move |conn| {
+            let rows = conn
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records
+                     WHERE status = 'pending' AND next_attempt_ms <= ?1
+                       AND (leased_until_ms IS NULL OR leased_until_ms <= ?1)
+                     ORDER BY next_attempt_ms, id LIMIT ?2"
+                ))?
+                .query_map(params![now_ms, limit], row_to_record)?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        ids: &[i64],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let ids = ids.to_vec();
+        self.write(move |conn| {
+            let mut claim = conn.prepare_cached(
+                "UPDATE records SET leased_until_ms = ?3, attempts = attempts + 1
+                 WHERE id = ?1 AND status = 'pending'
+                   AND (leased_until_ms IS NULL OR leased_until_ms <= ?2)",
+            )?;
+            let mut claimed = Vec::with_capacity(ids.len());
+            for id in ids {
+                if claim.execute(params![id, now_ms, lease_until_ms])? == 1 {
+                    claimed.push(id);
+                }
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn settle(&self, outcomes: Vec<(i64, Settlement)>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let now = now_ms();
+            for (id, outcome) in &outcomes {
+                settle_one(conn, *id, outcome, now)?;
+            }
+            Ok(())
         })
         .await
     }

@@ -3,12 +3,13 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc};
 use actix_web::http::StatusCode;
 use attendance_relay::{
     app::Application,
+    hubspot::simulator::Simulator,
     settings::Settings,
     store::{Store, StoredRecord},
 };
 use envconfig::Envconfig;
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::Sha256;
 use tempfile::TempDir;
 
@@ -184,4 +185,53 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                     .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")));
             matches.then(|| value.parse().ok()).flatten()
         })
+}
+
+pub const HUBSPOT_TOKEN: &str = "test-hubspot-token";
+
+/// A gateway forwarding to `hubspot` with a static token and a short linger.
+pub async fn spawn_forwarding_app(hubspot: &Simulator, overrides: &[(&str, &str)]) -> TestApp {
+    let url = hubspot.url();
+    let mut settings = vec![
+        ("HUBSPOT_BASE_URL", url.as_str()),
+        ("HUBSPOT_ACCESS_TOKEN", HUBSPOT_TOKEN),
+        ("RELAY_BATCH_LINGER_MS", "100"),
+        ("HUBSPOT_REQUEST_TIMEOUT_MS", "2000"),
+    ];
+    settings.extend_from_slice(overrides);
+    spawn_app_with(&settings).await
+}
+
+/// A signed-ready `webinar.participant_joined` body.
+pub fn zoom_join(webinar: &str, email: &str, join_time: &str) -> Vec<u8> {
+    json!({
+        "event": "webinar.participant_joined",
+        "event_ts": 1_767_261_600_000_i64,
+        "payload": {
+            "account_id": "zoom-account-1",
+            "object": {
+                "id": webinar, "uuid": "4444AAAiAAAAAiAiAiiAii==", "host_id": "x1yCzABCDEfg23HiJKl4mN",
+                "topic": "Launch webinar", "type": 5, "start_time": "2026-01-01T10:00:00Z",
+                "duration": 60, "timezone": "UTC",
+                "participant": {
+                    "user_id": "16778240", "user_name": "Jill Chill", "id": "iFxeBPYun6SAiWUzBcEkX",
+                    "join_time": join_time, "email": email
+                }
+            }
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Polls `done` every 20 ms until it holds, failing the test after `secs`.
+pub async fn wait_until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

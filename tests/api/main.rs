@@ -2,6 +2,7 @@
 //! ports, real HTTP, the real embedded store.
 
 mod durability;
+mod forwarding;
 mod helpers;
 mod operations;
 mod store;

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use attendance_relay::{
     record::{Delivery, NewRecord, State, now_ms},
-    store::{RecordStatus, SqliteStore, Store},
+    store::{RecordStatus, Settlement, SqliteStore, Store},
 };
 
 fn record(email: &str, state: State, at: i64) -> NewRecord {
@@ -124,18 +124,100 @@ async fn suite(store: Arc<dyn Store>) {
         None
     );
 
-    // Retention removes settled (here: unmappable) records and their deliveries, never pending ones.
+    forwarding_queue(&*store).await;
+
+    // Retention removes settled records and their deliveries, never pending ones.
     store.check_writable().await.unwrap();
     let removed = store.purge_settled(now_ms() + 1).await.unwrap();
     assert!(removed >= 1);
     let left = store.records(None, 100).await.unwrap();
     assert!(left.iter().all(|r| r.status == RecordStatus::Pending));
-    assert_eq!(left.len(), 5);
+    assert_eq!(left.len(), 3);
 
     store.close().await;
     assert!(
         store.check_writable().await.is_err(),
         "a closed store refuses writes"
+    );
+}
+
+/// Due records are taken once until settled or their lease runs out; a
+/// settlement moves each on. Expects five pending records.
+async fn forwarding_queue(store: &dyn Store) {
+    let now = now_ms() + 1;
+    let due = store.due(now, 100).await.unwrap();
+    assert_eq!(due.len(), 5);
+    assert!(
+        due.iter()
+            .all(|r| r.attempts == 0 && r.next_attempt_ms <= now)
+    );
+    let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
+    assert_eq!(store.claim(&ids, now, now + 60_000).await.unwrap(), ids);
+    assert!(
+        store
+            .claim(&ids, now, now + 60_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a taken record is not taken again"
+    );
+    assert!(store.due(now, 100).await.unwrap().is_empty());
+    assert_eq!(
+        store.due(now + 60_000, 100).await.unwrap().len(),
+        5,
+        "due again once its forwarder's lease ran out"
+    );
+
+    store
+        .settle(vec![
+            (ids[0], Settlement::Delivered),
+            (
+                ids[1],
+                Settlement::Retry {
+                    at_ms: now + 1_000,
+                    error: "HubSpot answered 503".into(),
+                },
+            ),
+            (
+                ids[2],
+                Settlement::Dead {
+                    reason: "refused".into(),
+                },
+            ),
+            (ids[3], Settlement::Release),
+            (ids[4], Settlement::Release),
+        ])
+        .await
+        .unwrap();
+    let due_now: Vec<i64> = store
+        .due(now, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(due_now, vec![ids[3], ids[4]]);
+    let later = store.due(now + 1_000, 100).await.unwrap();
+    let retried = later
+        .iter()
+        .find(|r| r.id == ids[1])
+        .expect("due at its retry time");
+    assert_eq!(
+        (retried.attempts, retried.last_error.as_deref()),
+        (1, Some("HubSpot answered 503"))
+    );
+    let dead = store.records(Some(RecordStatus::Dead), 10).await.unwrap();
+    assert_eq!(
+        (dead.len(), dead[0].id, dead[0].last_error.as_deref()),
+        (1, ids[2], Some("refused"))
+    );
+    let delivered = store
+        .records(Some(RecordStatus::Delivered), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        delivered.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[0]]
     );
 }
 

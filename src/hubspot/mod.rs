@@ -1,0 +1,35 @@
+//! HubSpot: the API client the forwarder calls, and a simulator of the same
+//! API for the demo, the tests and the benchmarks.
+
+mod client;
+pub mod rate_limit;
+pub mod simulator;
+
+pub use client::{CallError, ContactInput, CreateOutcome, HubSpotClient, Subscriber, named_inputs};
+
+/// The HubSpot calls the gateway makes; `operation` label of the HubSpot metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    ContactsRead,
+    ContactsUpsert,
+    AttendanceCreate,
+    EventsUpsert,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 4] = [
+        Operation::ContactsRead,
+        Operation::ContactsUpsert,
+        Operation::AttendanceCreate,
+        Operation::EventsUpsert,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::ContactsRead => "contacts_read",
+            Operation::ContactsUpsert => "contacts_upsert",
+            Operation::AttendanceCreate => "attendance_create",
+            Operation::EventsUpsert => "events_upsert",
+        }
+    }
+}

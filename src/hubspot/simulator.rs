@@ -1,0 +1,974 @@
+//! A HubSpot API simulator on loopback: the four endpoints the gateway calls,
+//! HubSpot's rate-limit headers, injectable faults, and a record of every
+//! call for the tests to inspect.
+//!
+//! Every body it answers is valid against HubSpot's OpenAPI documents, so the
+//! gateway's traffic can also be proxied through a validating Prism.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::TcpListener,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use actix_web::{
+    App, HttpRequest, HttpResponse, HttpServer,
+    dev::ServerHandle,
+    http::{StatusCode, header::AUTHORIZATION},
+    web::{self, Bytes},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+
+use super::Operation;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+const DEFAULT_RATE_LIMIT: u32 = 100;
+/// HubSpot's burst limit is counted over a rolling ten seconds.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+const FIRST_CONTACT_ID: i64 = 1001;
+const FIRST_EVENT_ID: i64 = 9001;
+
+/// One request as the simulator received it, and the status it answered.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub operation: Operation,
+    /// Path and query as received, still percent-encoded.
+    pub path: String,
+    /// The body as JSON; a body that is not JSON is kept as a string.
+    pub body: Value,
+    pub authorization: Option<String>,
+    pub status: u16,
+    pub at: Instant,
+}
+
+/// One contact's accepted attendance at a marketing event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attendance {
+    pub external_account_id: String,
+    pub external_event_id: String,
+    pub state: String,
+    pub vid: i64,
+    pub interaction_ms: i64,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// An answer to give instead of the normal behaviour, once.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+    pub delay: Option<Duration>,
+}
+
+impl Fault {
+    /// `status` with a spec-valid `Error` body of the category HubSpot uses.
+    pub fn status(status: u16) -> Self {
+        let category = match status {
+            400 => "VALIDATION_ERROR",
+            401 => "INVALID_AUTHENTICATION",
+            403 => "MISSING_SCOPES",
+            404 => "OBJECT_NOT_FOUND",
+            409 => "CONFLICT",
+            429 => "RATE_LIMITS",
+            _ => "INTERNAL_ERROR",
+        };
+        Fault {
+            status,
+            body: error_body(category, format!("Simulated fault: HTTP {status}")),
+            headers: Vec::new(),
+            delay: None,
+        }
+    }
+
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn with_body(mut self, body: Value) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Answer only after `delay`: lets tests provoke client timeouts.
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Calls allowed per rolling 10 seconds; None: 100.
+    pub rate_limit_per_10s: Option<u32>,
+    /// The (externalAccountId, externalEventId) that exist; None: every event.
+    pub known_events: Option<Vec<(String, String)>>,
+    /// Added to every answer, for benchmarks.
+    pub latency: Option<Duration>,
+}
+
+/// A running simulator; clones share its state and server.
+#[derive(Clone)]
+pub struct Simulator {
+    url: String,
+    state: Arc<Mutex<State>>,
+    server: ServerHandle,
+}
+
+impl Simulator {
+    /// Serves on 127.0.0.1 on a free port, on the current actix system.
+    pub async fn start(options: Options) -> std::io::Result<Simulator> {
+        let state = Arc::new(Mutex::new(State::new(options)));
+        let data = web::Data::from(Arc::clone(&state));
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route(
+                    "/crm/v3/objects/contacts/batch/read",
+                    web::post().to(contacts_read),
+                )
+                .route(
+                    "/crm/v3/objects/contacts/batch/upsert",
+                    web::post().to(contacts_upsert),
+                )
+                .route(
+                    "/marketing/marketing-events/2026-03/attendance/{externalEventId}/{subscriberState}/create",
+                    web::post().to(attendance_create),
+                )
+                .route(
+                    "/marketing/marketing-events/2026-03/events/upsert",
+                    web::post().to(events_upsert),
+                )
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Ok(Simulator {
+            url,
+            state,
+            server: handle,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Creates the contact unless it exists; either way returns its id.
+    pub fn add_contact(&self, email: &str) -> i64 {
+        self.lock().upsert_contact(email, BTreeMap::new()).0
+    }
+
+    pub fn contact_id(&self, email: &str) -> Option<i64> {
+        self.lock().ids_by_email.get(&email.to_lowercase()).copied()
+    }
+
+    /// Queues `fault` to answer the next call of `operation` (FIFO).
+    pub fn fail_next(&self, operation: Operation, fault: Fault) {
+        self.lock()
+            .faults
+            .entry(operation)
+            .or_default()
+            .push_back(fault);
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    pub fn attendance(&self) -> Vec<Attendance> {
+        self.lock().attendance.clone()
+    }
+
+    /// Calls answered 429 by the rate limit, not by injected faults.
+    pub fn rate_limited(&self) -> usize {
+        self.lock().rate_limited
+    }
+
+    /// Stops at once: nothing in flight is worth draining.
+    pub async fn stop(&self) {
+        self.server.stop(false).await;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("simulator state poisoned")
+    }
+}
+
+/// A status and its JSON body; `Err` carries an error answer so `?` works.
+type Reply = (StatusCode, Value);
+
+struct Contact {
+    id: i64,
+    properties: BTreeMap<String, String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl Contact {
+    /// A `SimplePublicObject`.
+    fn to_json(&self) -> Value {
+        let mut properties = self.properties.clone();
+        properties.insert("hs_object_id".to_owned(), self.id.to_string());
+        json!({
+            "id": self.id.to_string(),
+            "properties": properties,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            "archived": false,
+        })
+    }
+}
+
+struct Event {
+    id: i64,
+    created_at: String,
+}
+
+struct State {
+    rate_limit: u32,
+    latency: Option<Duration>,
+    contacts: BTreeMap<i64, Contact>,
+    /// Lower-cased, as HubSpot stores emails.
+    ids_by_email: HashMap<String, i64>,
+    next_contact_id: i64,
+    /// Keyed by (externalAccountId, externalEventId).
+    events: HashMap<(String, String), Event>,
+    every_event_exists: bool,
+    next_event_id: i64,
+    faults: HashMap<Operation, VecDeque<Fault>>,
+    calls: Vec<Call>,
+    attendance: Vec<Attendance>,
+    rate_limited: usize,
+}
+
+impl State {
+    fn new(options: Options) -> Self {
+        let mut state = State {
+            rate_limit: options.rate_limit_per_10s.unwrap_or(DEFAULT_RATE_LIMIT),
+            latency: options.latency,
+            contacts: BTreeMap::new(),
+            ids_by_email: HashMap::new(),
+            next_contact_id: FIRST_CONTACT_ID,
+            events: HashMap::new(),
+            every_event_exists: options.known_events.is_none(),
+            next_event_id: FIRST_EVENT_ID,
+            faults: HashMap::new(),
+            calls: Vec::new(),
+            attendance: Vec::new(),
+            rate_limited: 0,
+        };
+        for key in options.known_events.into_iter().flatten() {
+            state.upsert_event(key);
+        }
+        state
+    }
+
+    /// Returns the contact's id and whether it was created.
+    fn upsert_contact(&mut self, email: &str, properties: BTreeMap<String, String>) -> (i64, bool) {
+        let email = email.to_lowercase();
+        let now = now_rfc3339();
+        let (id, new) = match self.ids_by_email.get(&email) {
+            Some(&id) => (id, false),
+            None => {
+                let id = self.next_contact_id;
+                self.next_contact_id += 1;
+                self.ids_by_email.insert(email.clone(), id);
+                self.contacts.insert(
+                    id,
+                    Contact {
+                        id,
+                        properties: BTreeMap::new(),
+                        created_at: now.clone(),
+                        updated_at: now.clone(),
+                    },
+                );
+                (id, true)
+            }
+        };
+        let contact = self.contacts.get_mut(&id).expect("indexed contact exists");
+        contact.properties.extend(properties);
+        contact.properties.insert("email".to_owned(), email);
+        contact.updated_at = now;
+        (id, new)
+    }
+
+    fn upsert_event(&mut self, key: (String, String)) -> &Event {
+        let next_id = &mut self.next_event_id;
+        self.events.entry(key).or_insert_with(|| {
+            let id = *next_id;
+            *next_id += 1;
+            Event {
+                id,
+                created_at: now_rfc3339(),
+            }
+        })
+    }
+
+    fn contacts_read(&mut self, body: Value) -> Result<Reply, Reply> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Input {
+            id_property: Option<String>,
+            inputs: Vec<Id>,
+        }
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+
+        let started_at = now_rfc3339();
+        let input: Input = parse(body)?;
+        require_email_id(input.id_property.as_deref())?;
+        let (mut results, mut missing) = (Vec::new(), Vec::new());
+        for Id { id: email } in input.inputs {
+            match self.ids_by_email.get(&email.to_lowercase()) {
+                Some(id) => results.push(self.contacts[id].to_json()),
+                None => missing.push(email),
+            }
+        }
+        if missing.is_empty() {
+            return Ok((StatusCode::OK, batch(&started_at, results, Vec::new())));
+        }
+        // HubSpot groups every id it could not find into a single error.
+        let error = standard_error(
+            "OBJECT_NOT_FOUND",
+            "Could not get some CONTACT objects, they may be deleted or not exist. \
+             Check that ids are valid.",
+            json!({ "ids": missing }),
+        );
+        Ok((
+            StatusCode::MULTI_STATUS,
+            batch(&started_at, results, vec![error]),
+        ))
+    }
+
+    fn contacts_upsert(&mut self, body: Value) -> Result<Reply, Reply> {
+        #[derive(Deserialize)]
+        struct Input {
+            inputs: Vec<Upsert>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Upsert {
+            id: String,
+            id_property: Option<String>,
+            properties: BTreeMap<String, String>,
+        }
+
+        let started_at = now_rfc3339();
+        let input: Input = parse(body)?;
+        // Checked up front, so a rejected batch changes nothing.
+        for upsert in &input.inputs {
+            require_email_id(upsert.id_property.as_deref())?;
+        }
+        let mut results = Vec::new();
+        for upsert in input.inputs {
+            let (id, new) = self.upsert_contact(&upsert.id, upsert.properties);
+            let mut result = self.contacts[&id].to_json();
+            result["new"] = new.into();
+            results.push(result);
+        }
+        Ok((StatusCode::OK, batch(&started_at, results, Vec::new())))
+    }
+
+    fn attendance_create(
+        &mut self,
+        account: &str,
+        event: &str,
+        subscriber_state: &str,
+        body: Value,
+    ) -> Result<Reply, Reply> {
+        #[derive(Deserialize)]
+        struct Input {
+            inputs: Vec<Subscriber>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Subscriber {
+            vid: i64,
+            interaction_date_time: i64,
+            properties: BTreeMap<String, String>,
+        }
+
+        let started_at = now_rfc3339();
+        let input: Input = parse(body)?;
+        let key = (account.to_owned(), event.to_owned());
+        if !self.every_event_exists && !self.events.contains_key(&key) {
+            return Err((
+                StatusCode::NOT_FOUND,
+                error_body(
+                    "OBJECT_NOT_FOUND",
+                    format!("Marketing event {event} of account {account} not found"),
+                ),
+            ));
+        }
+        let (mut results, mut errors) = (Vec::new(), Vec::new());
+        for subscriber in input.inputs {
+            let vid = subscriber.vid;
+            if !self.contacts.contains_key(&vid) {
+                errors.push(standard_error(
+                    "OBJECT_NOT_FOUND",
+                    &format!("Contact {vid} not found"),
+                    json!({ "vids": [vid.to_string()] }),
+                ));
+                continue;
+            }
+            self.attendance.push(Attendance {
+                external_account_id: key.0.clone(),
+                external_event_id: key.1.clone(),
+                state: subscriber_state.to_owned(),
+                vid,
+                interaction_ms: subscriber.interaction_date_time,
+                properties: subscriber.properties,
+            });
+            results.push(json!({ "vid": vid }));
+        }
+        Ok((StatusCode::OK, batch(&started_at, results, errors)))
+    }
+
+    fn events_upsert(&mut self, body: Value) -> Result<Reply, Reply> {
+        #[derive(Deserialize)]
+        struct Input {
+            inputs: Vec<EventInput>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct EventInput {
+            external_account_id: String,
+            external_event_id: String,
+            event_name: String,
+            event_organizer: String,
+            custom_properties: Vec<Value>,
+            start_date_time: Option<String>,
+            end_date_time: Option<String>,
+        }
+
+        let started_at = now_rfc3339();
+        let input: Input = parse(body)?;
+        let mut results = Vec::new();
+        for event in input.inputs {
+            let stored = self.upsert_event((event.external_account_id, event.external_event_id));
+            // A `MarketingEventPublicDefaultResponse`: it has no external ids,
+            // so results match inputs by position.
+            let mut result = json!({
+                "id": stored.id.to_string(),
+                "objectId": stored.id.to_string(),
+                "eventName": event.event_name,
+                "eventOrganizer": event.event_organizer,
+                "customProperties": event.custom_properties,
+                "createdAt": stored.created_at,
+                "updatedAt": now_rfc3339(),
+            });
+            if let Some(start) = event.start_date_time {
+                result["startDateTime"] = start.into();
+            }
+            if let Some(end) = event.end_date_time {
+                result["endDateTime"] = end.into();
+            }
+            results.push(result);
+        }
+        Ok((StatusCode::OK, batch(&started_at, results, Vec::new())))
+    }
+}
+
+async fn contacts_read(
+    req: HttpRequest,
+    body: Bytes,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
+    serve(
+        &state,
+        Operation::ContactsRead,
+        &req,
+        &body,
+        State::contacts_read,
+    )
+    .await
+}
+
+async fn contacts_upsert(
+    req: HttpRequest,
+    body: Bytes,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
+    serve(
+        &state,
+        Operation::ContactsUpsert,
+        &req,
+        &body,
+        State::contacts_upsert,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct AttendanceQuery {
+    #[serde(rename = "externalAccountId", default)]
+    external_account_id: String,
+}
+
+async fn attendance_create(
+    req: HttpRequest,
+    body: Bytes,
+    state: web::Data<Mutex<State>>,
+    path: web::Path<(String, String)>,
+    query: web::Query<AttendanceQuery>,
+) -> HttpResponse {
+    let (event, subscriber_state) = path.into_inner();
+    let account = query.into_inner().external_account_id;
+    serve(
+        &state,
+        Operation::AttendanceCreate,
+        &req,
+        &body,
+        |state, body| state.attendance_create(&account, &event, &subscriber_state, body),
+    )
+    .await
+}
+
+async fn events_upsert(
+    req: HttpRequest,
+    body: Bytes,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
+    serve(
+        &state,
+        Operation::EventsUpsert,
+        &req,
+        &body,
+        State::events_upsert,
+    )
+    .await
+}
+
+/// What every endpoint shares: authentication, injected faults, the rate
+/// limit and its headers, recording the call, latency.
+async fn serve(
+    state: &Mutex<State>,
+    operation: Operation,
+    req: &HttpRequest,
+    body: &Bytes,
+    answer: impl FnOnce(&mut State, Value) -> Result<Reply, Reply>,
+) -> HttpResponse {
+    let body = serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+    let authorization = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let authorized = authorization
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|token| !token.trim().is_empty());
+
+    let (mut response, reply, delay) = {
+        let mut state = state.lock().expect("simulator state poisoned");
+        let at = Instant::now();
+        // Calls are recorded in arrival order, so the window is a suffix.
+        let in_window = 1 + state
+            .calls
+            .iter()
+            .rev()
+            .take_while(|call| at.duration_since(call.at) < RATE_WINDOW)
+            .count();
+        let limit = state.rate_limit;
+        let (status, reply, headers, delay) = if !authorized {
+            let reply = error_body(
+                "INVALID_AUTHENTICATION",
+                "Authentication credentials not found.",
+            );
+            (StatusCode::UNAUTHORIZED, reply, Vec::new(), None)
+        } else if let Some(fault) = state
+            .faults
+            .get_mut(&operation)
+            .and_then(VecDeque::pop_front)
+        {
+            let status =
+                StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, fault.body, fault.headers, fault.delay)
+        } else if in_window > limit as usize {
+            state.rate_limited += 1;
+            let reply = error_body(
+                "RATE_LIMITS",
+                "You have reached your ten_secondly_rolling limit.",
+            );
+            (StatusCode::TOO_MANY_REQUESTS, reply, Vec::new(), None)
+        } else {
+            let (status, reply) = match answer(&mut state, body.clone()) {
+                Ok(reply) | Err(reply) => reply,
+            };
+            (status, reply, Vec::new(), None)
+        };
+        tracing::debug!(
+            operation = operation.as_str(),
+            status = status.as_u16(),
+            "hubspot simulator answered"
+        );
+        state.calls.push(Call {
+            operation,
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(String::new, |pq| pq.as_str().to_owned()),
+            body,
+            authorization,
+            status: status.as_u16(),
+            at,
+        });
+
+        let mut response = HttpResponse::build(status);
+        response
+            .insert_header(("X-HubSpot-RateLimit-Max", limit.to_string()))
+            .insert_header((
+                "X-HubSpot-RateLimit-Remaining",
+                (limit as usize).saturating_sub(in_window).to_string(),
+            ))
+            .insert_header(("X-HubSpot-RateLimit-Interval-Milliseconds", "10000"));
+        // After the defaults, so a fault can override a rate-limit header.
+        for header in headers {
+            response.insert_header(header);
+        }
+        let delay = delay.unwrap_or_default() + state.latency.unwrap_or_default();
+        (response, reply, delay)
+    };
+    if !delay.is_zero() {
+        actix_web::rt::time::sleep(delay).await;
+    }
+    response.json(reply)
+}
+
+fn parse<T: DeserializeOwned>(body: Value) -> Result<T, Reply> {
+    serde_json::from_value(body).map_err(|err| {
+        let reply = error_body("VALIDATION_ERROR", format!("Invalid input JSON: {err}"));
+        (StatusCode::BAD_REQUEST, reply)
+    })
+}
+
+/// The simulator keeps contacts by email only, which is all the gateway uses.
+fn require_email_id(id_property: Option<&str>) -> Result<(), Reply> {
+    if id_property == Some("email") {
+        return Ok(());
+    }
+    let reply = error_body(
+        "VALIDATION_ERROR",
+        "The simulator supports idProperty \"email\" only",
+    );
+    Err((StatusCode::BAD_REQUEST, reply))
+}
+
+/// A `BatchResponse…` envelope; `errors` and `numErrors` only when some failed.
+fn batch(started_at: &str, results: Vec<Value>, errors: Vec<Value>) -> Value {
+    let mut body = json!({
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": started_at,
+        "completedAt": now_rfc3339(),
+    });
+    if !errors.is_empty() {
+        body["numErrors"] = errors.len().into();
+        body["errors"] = errors.into();
+    }
+    body
+}
+
+/// A per-input `StandardError` inside a batch answer.
+fn standard_error(category: &str, message: &str, context: Value) -> Value {
+    json!({
+        "status": "error",
+        "category": category,
+        "message": message,
+        "context": context,
+        "errors": [],
+        "links": {},
+    })
+}
+
+/// A whole-request `Error`: requires category, correlationId (a UUID), message.
+fn error_body(category: &str, message: impl Into<String>) -> Value {
+    // Unique per answer, so logs that quote one can be matched to the call.
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    json!({
+        "status": "error",
+        "category": category,
+        "message": message.into(),
+        "correlationId": format!("00000000-0000-4000-8000-{n:012x}"),
+    })
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .expect("the current time formats as RFC 3339")
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::HeaderMap;
+
+    use super::*;
+
+    const READ: &str = "/crm/v3/objects/contacts/batch/read";
+    const UPSERT: &str = "/crm/v3/objects/contacts/batch/upsert";
+    const EVENTS: &str = "/marketing/marketing-events/2026-03/events/upsert";
+    const ATTEND_WEBINAR_1: &str = "/marketing/marketing-events/2026-03/attendance/webinar%201/attend/create?externalAccountId=zoom%3A1";
+
+    async fn post(sim: &Simulator, path: &str, body: Value) -> (u16, HeaderMap, Value) {
+        post_as(sim, Some("Bearer test-token"), path, body).await
+    }
+
+    async fn post_as(
+        sim: &Simulator,
+        authorization: Option<&str>,
+        path: &str,
+        body: Value,
+    ) -> (u16, HeaderMap, Value) {
+        let mut request = awc::Client::default().post(format!("{}{path}", sim.url()));
+        if let Some(authorization) = authorization {
+            request = request.insert_header(("Authorization", authorization));
+        }
+        let mut response = request.send_json(&body).await.expect("simulator answers");
+        let body = response.json().await.expect("JSON body");
+        (response.status().as_u16(), response.headers().clone(), body)
+    }
+
+    fn read_body(emails: &[&str]) -> Value {
+        let inputs: Vec<Value> = emails.iter().map(|email| json!({ "id": email })).collect();
+        json!({
+            "idProperty": "email",
+            "inputs": inputs,
+            "properties": ["email"],
+            "propertiesWithHistory": [],
+        })
+    }
+
+    fn upsert_body(email: &str, firstname: &str) -> Value {
+        json!({ "inputs": [{
+            "id": email,
+            "idProperty": "email",
+            "properties": { "email": email, "firstname": firstname },
+        }]})
+    }
+
+    fn attend_body(vids: &[i64]) -> Value {
+        let inputs: Vec<Value> = vids
+            .iter()
+            .map(|vid| json!({ "vid": vid, "interactionDateTime": 1_700_000_000_000_i64, "properties": {} }))
+            .collect();
+        json!({ "inputs": inputs })
+    }
+
+    fn event_body(account: &str, event: &str) -> Value {
+        json!({ "inputs": [{
+            "externalAccountId": account,
+            "externalEventId": event,
+            "eventName": "Webinar",
+            "eventOrganizer": "Acme",
+            "customProperties": [],
+        }]})
+    }
+
+    #[actix_web::test]
+    async fn batch_read_answers_200_when_all_found_and_207_naming_the_missing() {
+        let sim = Simulator::start(Options::default()).await.unwrap();
+        let id = sim.add_contact("Ann@Example.com");
+
+        let (status, _, body) = post(&sim, READ, read_body(&["ann@EXAMPLE.com"])).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "COMPLETE");
+        assert_eq!(body["results"][0]["id"], id.to_string());
+        assert_eq!(body["results"][0]["properties"]["email"], "ann@example.com");
+        assert_eq!(
+            body["results"][0]["properties"]["hs_object_id"],
+            id.to_string()
+        );
+        assert!(body.get("errors").is_none());
+
+        let (status, _, body) = post(
+            &sim,
+            READ,
+            read_body(&["ann@example.com", "Bob@example.com"]),
+        )
+        .await;
+        assert_eq!(status, 207);
+        assert_eq!(body["results"].as_array().unwrap().len(), 1);
+        assert_eq!(body["numErrors"], 1);
+        assert_eq!(body["errors"][0]["category"], "OBJECT_NOT_FOUND");
+        assert_eq!(
+            body["errors"][0]["context"]["ids"],
+            json!(["Bob@example.com"])
+        );
+    }
+
+    #[actix_web::test]
+    async fn upsert_creates_then_updates_and_read_finds_it() {
+        let sim = Simulator::start(Options::default()).await.unwrap();
+
+        let (status, _, body) = post(&sim, UPSERT, upsert_body("Cy@example.com", "Cy")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["results"][0]["new"], true);
+        let id = sim.contact_id("cy@example.com").expect("created");
+        assert_eq!(body["results"][0]["id"], id.to_string());
+
+        let (_, _, body) = post(&sim, UPSERT, upsert_body("cy@example.com", "Cyrus")).await;
+        assert_eq!(body["results"][0]["new"], false);
+        assert_eq!(body["results"][0]["id"], id.to_string());
+
+        let (status, _, body) = post(&sim, READ, read_body(&["CY@example.com"])).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["results"][0]["properties"]["firstname"], "Cyrus");
+    }
+
+    #[actix_web::test]
+    async fn create_records_attendance_and_names_unknown_vids() {
+        let sim = Simulator::start(Options::default()).await.unwrap();
+        let vid = sim.add_contact("ann@example.com");
+
+        let (status, _, body) = post(&sim, ATTEND_WEBINAR_1, attend_body(&[vid, 999])).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["results"], json!([{ "vid": vid }]));
+        assert_eq!(body["numErrors"], 1);
+        assert_eq!(body["errors"][0]["message"], "Contact 999 not found");
+        assert_eq!(body["errors"][0]["context"]["vids"], json!(["999"]));
+        assert_eq!(
+            sim.attendance(),
+            vec![Attendance {
+                external_account_id: "zoom:1".to_owned(),
+                external_event_id: "webinar 1".to_owned(),
+                state: "attend".to_owned(),
+                vid,
+                interaction_ms: 1_700_000_000_000,
+                properties: BTreeMap::new(),
+            }]
+        );
+        assert_eq!(sim.calls()[0].path, ATTEND_WEBINAR_1);
+    }
+
+    #[actix_web::test]
+    async fn unknown_event_is_404_until_upserted() {
+        let known = vec![("zoom:1".to_owned(), "webinar 0".to_owned())];
+        let sim = Simulator::start(Options {
+            known_events: Some(known),
+            ..Options::default()
+        })
+        .await
+        .unwrap();
+        let vid = sim.add_contact("ann@example.com");
+
+        let (status, _, body) = post(&sim, ATTEND_WEBINAR_1, attend_body(&[vid])).await;
+        assert_eq!(status, 404);
+        assert_eq!(body["category"], "OBJECT_NOT_FOUND");
+        assert!(body["correlationId"].is_string());
+
+        let (status, _, body) = post(&sim, EVENTS, event_body("zoom:1", "webinar 1")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["results"][0]["id"], body["results"][0]["objectId"]);
+        assert_eq!(body["results"][0]["eventName"], "Webinar");
+
+        let (status, _, _) = post(&sim, ATTEND_WEBINAR_1, attend_body(&[vid])).await;
+        assert_eq!(status, 200);
+        assert_eq!(sim.attendance().len(), 1);
+    }
+
+    #[actix_web::test]
+    async fn a_queued_fault_answers_one_call_then_normal_behaviour_resumes() {
+        let sim = Simulator::start(Options::default()).await.unwrap();
+        let vid = sim.add_contact("ann@example.com");
+        sim.fail_next(
+            Operation::AttendanceCreate,
+            Fault::status(503).with_header("Retry-After", "1"),
+        );
+        sim.fail_next(
+            Operation::AttendanceCreate,
+            Fault::status(500).delayed(Duration::from_millis(60)),
+        );
+
+        let (status, headers, body) = post(&sim, ATTEND_WEBINAR_1, attend_body(&[vid])).await;
+        assert_eq!(status, 503);
+        assert_eq!(headers.get("Retry-After").unwrap(), "1");
+        assert_eq!(body["category"], "INTERNAL_ERROR");
+
+        let timed_out = awc::Client::default()
+            .post(format!("{}{ATTEND_WEBINAR_1}", sim.url()))
+            .insert_header(("Authorization", "Bearer test-token"))
+            .timeout(Duration::from_millis(20))
+            .send_json(&attend_body(&[vid]))
+            .await;
+        assert!(matches!(
+            timed_out,
+            Err(awc::error::SendRequestError::Timeout)
+        ));
+        assert!(sim.attendance().is_empty());
+
+        let (status, _, _) = post(&sim, ATTEND_WEBINAR_1, attend_body(&[vid])).await;
+        assert_eq!(status, 200);
+        assert_eq!(sim.attendance().len(), 1);
+        let calls = sim.calls();
+        let statuses: Vec<u16> = calls.iter().map(|call| call.status).collect();
+        assert_eq!(statuses, [503, 500, 200]);
+        assert_eq!(calls[0].body, attend_body(&[vid]));
+    }
+
+    #[actix_web::test]
+    async fn calls_beyond_the_rate_limit_are_answered_429() {
+        let sim = Simulator::start(Options {
+            rate_limit_per_10s: Some(3),
+            ..Options::default()
+        })
+        .await
+        .unwrap();
+
+        for remaining in ["2", "1", "0"] {
+            let (status, headers, _) = post(&sim, READ, read_body(&[])).await;
+            assert_eq!(status, 200);
+            assert_eq!(headers.get("X-HubSpot-RateLimit-Max").unwrap(), "3");
+            assert_eq!(
+                headers.get("X-HubSpot-RateLimit-Remaining").unwrap(),
+                remaining
+            );
+            let interval = headers.get("X-HubSpot-RateLimit-Interval-Milliseconds");
+            assert_eq!(interval.unwrap(), "10000");
+        }
+        let (status, headers, body) = post(&sim, READ, read_body(&[])).await;
+        assert_eq!(status, 429);
+        assert_eq!(headers.get("X-HubSpot-RateLimit-Remaining").unwrap(), "0");
+        assert_eq!(body["category"], "RATE_LIMITS");
+        assert_eq!(sim.rate_limited(), 1);
+    }
+
+    #[actix_web::test]
+    async fn calls_without_a_bearer_token_are_answered_401() {
+        let sim = Simulator::start(Options::default()).await.unwrap();
+
+        let (status, _, body) = post_as(&sim, None, READ, read_body(&[])).await;
+        assert_eq!(status, 401);
+        assert_eq!(body["category"], "INVALID_AUTHENTICATION");
+        let (status, _, _) = post_as(&sim, Some("Basic dXNlcg=="), READ, read_body(&[])).await;
+        assert_eq!(status, 401);
+        let (status, _, _) = post_as(&sim, Some("Bearer"), READ, read_body(&[])).await;
+        assert_eq!(status, 401);
+
+        let authorizations: Vec<_> = sim
+            .calls()
+            .into_iter()
+            .map(|call| call.authorization)
+            .collect();
+        let basic = Some("Basic dXNlcg==".to_owned());
+        assert_eq!(authorizations, [None, basic, Some("Bearer".to_owned())]);
+        sim.stop().await;
+    }
+}
