@@ -7,6 +7,7 @@
 //! routes; `app` wires it together from `settings`.
 
 pub mod app;
+pub mod demo;
 pub mod forwarder;
 pub mod http;
 pub mod hubspot;

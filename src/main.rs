@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use attendance_relay::{app::Application, settings::Settings, telemetry};
+use attendance_relay::{app::Application, demo, settings::Settings, telemetry};
 
 #[actix_web::main]
 async fn main() -> ExitCode {
@@ -11,12 +11,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log_format);
-
     match std::env::args().nth(1).as_deref() {
-        None | Some("serve") => {}
+        None | Some("serve") => telemetry::init(&settings.log_format, "info"),
+        Some("demo") => {
+            // Quiet by default: the demo's own report is the output.
+            telemetry::init(&settings.log_format, "warn");
+            return match demo::run().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("attendance-relay demo failed: {err}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(other) => {
-            eprintln!("attendance-relay: unknown command {other:?} (expected `serve`)");
+            eprintln!("attendance-relay: unknown command {other:?} (expected `serve` or `demo`)");
             return ExitCode::from(2);
         }
     }

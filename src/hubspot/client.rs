@@ -482,7 +482,7 @@ mod tests {
         );
         assert_eq!(
             outcome.failed.get(&13).map(String::as_str),
-            Some("bad time")
+            Some("bad time: bad")
         );
         assert!(outcome.unattributed_errors);
     }

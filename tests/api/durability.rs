@@ -10,7 +10,12 @@ use std::{
 use actix_web::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{ZOOM_SECRET, metric, now_secs, zoom_signature};
+use attendance_relay::hubspot::{
+    Operation,
+    simulator::{Fault, Options, Simulator},
+};
+
+use crate::helpers::{HUBSPOT_TOKEN, ZOOM_SECRET, metric, now_secs, wait_until, zoom_signature};
 
 struct Gateway {
     child: Child,
@@ -29,9 +34,14 @@ fn free_port() -> u16 {
 
 impl Gateway {
     async fn start(db: &Path) -> Self {
+        Self::start_with(db, &[]).await
+    }
+
+    async fn start_with(db: &Path, env: &[(&str, String)]) -> Self {
         let (public, admin) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_attendance-relay"))
             .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RELAY_LISTEN_ADDR", format!("127.0.0.1:{public}"))
             .env("RELAY_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
             .env("RELAY_DATABASE_URL", format!("sqlite://{}", db.display()))
@@ -141,6 +151,57 @@ async fn sigterm_finishes_requests_in_flight_and_exits_cleanly() {
     );
     let mut restarted = Gateway::start(&db).await;
     assert!(restarted.pending().await >= acknowledged as f64);
+    restarted.child.kill().unwrap();
+    restarted.child.wait().unwrap();
+}
+
+#[actix_web::test]
+async fn a_record_whose_call_was_cut_by_a_crash_is_delivered_after_restart() {
+    let hubspot = Simulator::start(Options::default()).await.unwrap();
+    hubspot.add_contact("p0@example.com");
+    // The first create hangs; the gateway dies while waiting for it.
+    hubspot.fail_next(
+        Operation::AttendanceCreate,
+        Fault::status(200).delayed(Duration::from_secs(30)),
+    );
+    let env = [
+        ("HUBSPOT_BASE_URL", hubspot.url()),
+        ("HUBSPOT_ACCESS_TOKEN", HUBSPOT_TOKEN.to_owned()),
+        ("RELAY_BATCH_LINGER_MS", "0".to_owned()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let mut gateway = Gateway::start_with(&db, &env).await;
+    assert_eq!(gateway.post_join(0).await, Some(StatusCode::OK));
+    wait_until("the create call is in flight", 10, async || {
+        hubspot
+            .calls()
+            .iter()
+            .any(|c| c.operation == Operation::AttendanceCreate)
+    })
+    .await;
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+    assert!(hubspot.attendance().is_empty());
+
+    let mut restarted = Gateway::start_with(&db, &env).await;
+    wait_until("the record reaches HubSpot", 10, async || {
+        hubspot.attendance().len() == 1
+    })
+    .await;
+    wait_until("it is settled as delivered", 10, async || {
+        let mut response = restarted
+            .client
+            .get(format!("{}/metrics", restarted.admin))
+            .send()
+            .await
+            .unwrap();
+        let text =
+            String::from_utf8(response.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
+        metric(&text, "relay_queue_records", &[("status", "delivered")]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(hubspot.attendance().len(), 1);
     restarted.child.kill().unwrap();
     restarted.child.wait().unwrap();
 }
