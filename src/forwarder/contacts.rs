@@ -4,6 +4,8 @@
 
 use std::{cell::RefCell, collections::HashMap};
 
+use futures_util::future::join_all;
+
 use super::Fate;
 use crate::hubspot::{CallError, ContactInput, HubSpotClient};
 
@@ -49,10 +51,14 @@ impl Contacts {
             }
         }
 
-        let mut absent: Vec<&Wanted> = Vec::new();
-        for chunk in unknown.chunks(LOOKUP_BATCH) {
+        // All look-ups at once: the rate limiter, not latency, sets the pace.
+        let lookups = unknown.chunks(LOOKUP_BATCH).map(|chunk| async move {
             let emails: Vec<String> = chunk.iter().map(|c| c.email.to_owned()).collect();
-            match hubspot.read_contacts(&emails).await {
+            (chunk, hubspot.read_contacts(&emails).await)
+        });
+        let mut absent: Vec<&Wanted> = Vec::new();
+        for (chunk, answer) in join_all(lookups).await {
+            match answer {
                 Ok(found) => {
                     self.remember(&found);
                     for contact in chunk {

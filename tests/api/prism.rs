@@ -19,7 +19,7 @@
 use std::{
     io::{BufRead, BufReader, Read},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -50,12 +50,18 @@ impl Prism {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let specs = root.join("../shared/specs/hubspot/prism");
         if !DOCUMENTS.iter().all(|name| specs.join(name).is_file()) {
-            eprintln!("SKIPPED: HubSpot's documents are missing in {}", specs.display());
+            eprintln!(
+                "SKIPPED: HubSpot's documents are missing in {}",
+                specs.display()
+            );
             return None;
         }
         let prism_bin = root.join("node_modules/.bin/prism");
         if !prism_bin.is_file() {
-            eprintln!("SKIPPED: Prism is not installed (run `npm ci` in {})", root.display());
+            eprintln!(
+                "SKIPPED: Prism is not installed (run `npm ci` in {})",
+                root.display()
+            );
             return None;
         }
 
@@ -64,16 +70,27 @@ impl Prism {
         let mut documents = DOCUMENTS.iter().map(|name| read_json(&specs.join(name)));
         let base = documents.next().unwrap();
         let doc = documents.fold(base, |base, other| merge(base, other, "marketing-events"));
-        std::fs::write(&merged, serde_json::to_vec(&doc).unwrap()).expect("merged document written");
+        std::fs::write(&merged, serde_json::to_vec(&doc).unwrap())
+            .expect("merged document written");
 
         // A free port: the OS picks one, we release it for Prism (tiny race, fine in tests).
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let spawned = Command::new(&prism_bin)
             .arg("proxy")
             .arg(&merged)
             // Prism appends the request path to the upstream URL's path.
             .arg(upstream)
-            .args(["--errors", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--errors",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
             .env("FORCE_COLOR", "0") // plain log lines to parse
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -82,7 +99,10 @@ impl Prism {
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {
-                eprintln!("SKIPPED: cannot run {} ({error}); is Node installed?", prism_bin.display());
+                eprintln!(
+                    "SKIPPED: cannot run {} ({error}); is Node installed?",
+                    prism_bin.display()
+                );
                 return None;
             }
         };
@@ -94,7 +114,12 @@ impl Prism {
         collect_lines(stderr, log.clone());
 
         wait_until_listening(&mut child, port, &log).await;
-        Some(Prism { child, port, log, _dir: dir })
+        Some(Prism {
+            child,
+            port,
+            log,
+            _dir: dir,
+        })
     }
 
     /// What the gateway gets as HUBSPOT_BASE_URL.
@@ -141,7 +166,7 @@ async fn wait_until_listening(child: &mut Child, port: u16, log: &Log) {
     }
 }
 
-fn read_json(path: &PathBuf) -> Value {
+fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -165,7 +190,10 @@ fn merge(mut base: Value, mut other: Value, prefix: &str) -> Value {
     let mut renames = Vec::new(); // (section, old, new)
     for (section, items) in other["components"].as_object().unwrap() {
         for (name, value) in items.as_object().unwrap() {
-            if base["components"][section].get(name).is_some_and(|mine| mine != value) {
+            if base["components"][section]
+                .get(name)
+                .is_some_and(|mine| mine != value)
+            {
                 renames.push((section.clone(), name.clone(), format!("{prefix}.{name}")));
             }
         }
@@ -177,7 +205,9 @@ fn merge(mut base: Value, mut other: Value, prefix: &str) -> Value {
         items.insert(new.clone(), value);
     }
 
-    let Value::Object(components) = other["components"].take() else { panic!("components") };
+    let Value::Object(components) = other["components"].take() else {
+        panic!("components")
+    };
     for (section, items) in components {
         let target = base["components"]
             .as_object_mut()
@@ -188,9 +218,14 @@ fn merge(mut base: Value, mut other: Value, prefix: &str) -> Value {
             target[name] = value.clone(); // equal when already there
         }
     }
-    let Value::Object(paths) = other["paths"].take() else { panic!("paths") };
+    let Value::Object(paths) = other["paths"].take() else {
+        panic!("paths")
+    };
     for (path, item) in paths {
-        let previous = base["paths"].as_object_mut().unwrap().insert(path.clone(), item);
+        let previous = base["paths"]
+            .as_object_mut()
+            .unwrap()
+            .insert(path.clone(), item);
         assert!(previous.is_none(), "both documents define {path}");
     }
     // Tags only label operations; keep one of each name.
@@ -214,17 +249,18 @@ fn rename_refs(value: &mut Value, renames: &[(String, String, String)]) {
                 for (section, old, new) in renames {
                     let from = format!("#/components/{section}/{old}");
                     if *reference == from || reference.starts_with(&format!("{from}/")) {
-                        *reference = format!("#/components/{section}/{new}{}", &reference[from.len()..]);
+                        *reference =
+                            format!("#/components/{section}/{new}{}", &reference[from.len()..]);
                     }
                 }
             }
             if let Some(Value::Array(requirements)) = map.get_mut("security") {
                 for requirement in requirements.iter_mut().filter_map(Value::as_object_mut) {
                     for (section, old, new) in renames {
-                        if section == "securitySchemes" {
-                            if let Some(scopes) = requirement.remove(old) {
-                                requirement.insert(new.clone(), scopes);
-                            }
+                        if section == "securitySchemes"
+                            && let Some(scopes) = requirement.remove(old)
+                        {
+                            requirement.insert(new.clone(), scopes);
                         }
                     }
                 }
@@ -251,21 +287,31 @@ fn summarize(lines: &[String]) -> Vec<String> {
     for line in lines {
         if let Some(rest) = line.split_once("[HTTP SERVER] ").map(|(_, rest)| rest) {
             let mut words = rest.split_whitespace();
-            let (Some(method), Some(path)) = (words.next(), words.next()) else { continue };
+            let (Some(method), Some(path)) = (words.next(), words.next()) else {
+                continue;
+            };
             let request = format!("{} {path}", method.to_uppercase());
             if line.ends_with("Request received") {
-                judged.push(Judged { request, path: path.to_owned(), status: None, violations: vec![] });
-            } else if let Some((_, error)) = line.split_once("Request terminated with error: ") {
-                if let Some(j) = judged.iter_mut().rev().find(|j| j.request == request) {
-                    j.status = Some(error_status(error));
-                }
+                judged.push(Judged {
+                    request,
+                    path: path.to_owned(),
+                    status: None,
+                    violations: vec![],
+                });
+            } else if let Some((_, error)) = line.split_once("Request terminated with error: ")
+                && let Some(j) = judged.iter_mut().rev().find(|j| j.request == request)
+            {
+                j.status = Some(error_status(error));
             }
         } else if let Some((_, rest)) = line.split_once("The upstream call to ") {
             // The upstream status stands unless Prism then rejects the response.
-            if let Some((path, status)) = rest.split_once(" has returned ") {
-                if let Some(j) = judged.iter_mut().rev().find(|j| j.path == path && j.status.is_none()) {
-                    j.status = Some(status.trim().to_owned());
-                }
+            if let Some((path, status)) = rest.split_once(" has returned ")
+                && let Some(j) = judged
+                    .iter_mut()
+                    .rev()
+                    .find(|j| j.path == path && j.status.is_none())
+            {
+                j.status = Some(status.trim().to_owned());
             }
         } else if let Some((_, violation)) = line.split_once("Violation: ") {
             // Logged without the request; it belongs to the latest one.
@@ -277,7 +323,11 @@ fn summarize(lines: &[String]) -> Vec<String> {
     judged
         .into_iter()
         .map(|j| {
-            let mut text = format!("{} -> {}", j.request, j.status.as_deref().unwrap_or("no answer logged"));
+            let mut text = format!(
+                "{} -> {}",
+                j.request,
+                j.status.as_deref().unwrap_or("no answer logged")
+            );
             for violation in j.violations {
                 text.push_str(" | ");
                 text.push_str(&violation);

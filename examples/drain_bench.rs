@@ -1,0 +1,142 @@
+//! Drain benchmark (run by `bench/drain.sh`): 10,000 stored records of one
+//! webinar forwarded by the real gateway to the HubSpot simulator. Reports the
+//! create and look-up calls, the mean batch size, and how much of the rate
+//! limit's budget the drain used.
+//!
+//! Usage: drain_bench [records=10000] [limit per 10 s=100] [simulated HubSpot latency ms=20]
+
+use std::{collections::HashMap, collections::HashSet, time::Duration};
+
+use attendance_relay::{
+    app::Application,
+    hubspot::{
+        Operation,
+        simulator::{Options, Simulator},
+    },
+    record::{Delivery, NewRecord, State, now_ms},
+    settings::Settings,
+    store::{SqliteStore, Store},
+};
+use envconfig::Envconfig;
+use sha2::{Digest, Sha256};
+
+const PER_DELIVERY: usize = 100;
+
+#[actix_web::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let arg = |i: usize, default: u64| {
+        std::env::args()
+            .nth(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(default)
+    };
+    let (records, limit, latency_ms) = (arg(1, 10_000) as usize, arg(2, 100) as u32, arg(3, 20));
+    let dir = std::env::temp_dir().join(format!("attendance-relay-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("relay.db");
+
+    // The records are stored first, so the drain is measured alone.
+    let store = SqliteStore::open(db.to_str().ok_or("temp path is not UTF-8")?)?;
+    let emails: Vec<String> = (0..records)
+        .map(|i| format!("attendee{i}@example.com"))
+        .collect();
+    for (n, chunk) in emails.chunks(PER_DELIVERY).enumerate() {
+        let batch = chunk.iter().enumerate().map(|(i, email)| NewRecord {
+            state: State::Attend,
+            email: email.clone(),
+            first_name: None,
+            last_name: None,
+            vid: None,
+            external_event_id: "86012345678".into(),
+            external_account_id: "bench-account".into(),
+            interaction_ms: 1_767_261_600_000 + (n * PER_DELIVERY + i) as i64,
+            properties: Default::default(),
+            event: None,
+        });
+        let delivery = Delivery {
+            source: "zoom",
+            key: Sha256::digest(n.to_string()).into(),
+            body: Vec::new(),
+            received_ms: now_ms(),
+        };
+        store.ingest(delivery, batch.collect()).await?;
+    }
+    store.close().await;
+
+    let hubspot = Simulator::start(Options {
+        rate_limit_per_10s: Some(limit),
+        latency: Some(Duration::from_millis(latency_ms)),
+        ..Options::default()
+    })
+    .await?;
+    for email in &emails {
+        hubspot.add_contact(email);
+    }
+    let env: HashMap<String, String> = [
+        ("RELAY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("RELAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("RELAY_DATABASE_URL", format!("sqlite://{}", db.display())),
+        ("HUBSPOT_BASE_URL", hubspot.url()),
+        ("HUBSPOT_ACCESS_TOKEN", "bench-token".to_owned()),
+        ("HUBSPOT_RATE_LIMIT_PER_10S", limit.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let app = Application::build(Settings::init_from_hashmap(&env)?).await?;
+    let store = app.store();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = actix_web::rt::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    while store.queue_stats().await?.oldest_pending_ms.is_some() {
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(());
+    server.await??;
+
+    let calls = hubspot.calls();
+    let count = |op: Operation| calls.iter().filter(|c| c.operation == op).count();
+    let creates = count(Operation::AttendanceCreate);
+    let lookups = count(Operation::ContactsRead) + count(Operation::ContactsUpsert);
+    let first = calls.first().ok_or("no HubSpot call was made")?.at;
+    let last = calls.last().ok_or("no HubSpot call was made")?.at;
+    let elapsed = last.duration_since(first).as_secs_f64();
+    // The first window's calls may all go at once; every further call must
+    // wait for the window to move, so its best rate is the limit per 10 s.
+    let paced = calls.len().saturating_sub(limit as usize);
+    let fraction = if paced == 0 {
+        f64::NAN
+    } else {
+        paced as f64 / (elapsed * f64::from(limit) / 10.0)
+    };
+    let delivered: HashSet<i64> = hubspot.attendance().iter().map(|a| a.vid).collect();
+
+    println!("records stored          {records}");
+    println!(
+        "delivered (distinct)    {}  (attendance rows {})",
+        delivered.len(),
+        hubspot.attendance().len()
+    );
+    println!("create calls            {creates}");
+    println!(
+        "contact look-up calls   {lookups}  (read {}, upsert {})",
+        count(Operation::ContactsRead),
+        count(Operation::ContactsUpsert)
+    );
+    println!(
+        "mean batch size         {:.1}",
+        records as f64 / creates as f64
+    );
+    println!(
+        "HubSpot calls           {} over {elapsed:.2} s (first to last), limit {limit} per 10 s",
+        calls.len()
+    );
+    println!("rate-limited by HubSpot {}", hubspot.rate_limited());
+    println!(
+        "drain rate / ceiling    {fraction:.3}  (calls after the first window per second, over limit/10)"
+    );
+    hubspot.stop().await;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
