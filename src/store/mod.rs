@@ -123,7 +123,8 @@ pub enum Settlement {
     Dead {
         reason: String,
     },
-    /// Untouched (forwarding paused): back to the queue as it was.
+    /// Not sent (forwarding paused): back to the queue as it was, the
+    /// attempt not counted.
     Release,
 }
 

@@ -402,7 +402,10 @@ fn settle_one(
         Settlement::Dead { reason } => ("dead", None, Some(reason.as_str())),
         Settlement::Release => {
             return conn
-                .prepare_cached("UPDATE records SET leased_until_ms = NULL WHERE id = ?1")?
+                .prepare_cached(
+                    "UPDATE records SET leased_until_ms = NULL, attempts = MAX(attempts - 1, 0)
+                     WHERE id = ?1",
+                )?
                 .execute(params![id]);
         }
     };

@@ -189,14 +189,15 @@ async fn forwarding_queue(store: &dyn Store) {
         ])
         .await
         .unwrap();
-    let due_now: Vec<i64> = store
-        .due(now, 100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(due_now, vec![ids[3], ids[4]]);
+    let due_now = store.due(now, 100).await.unwrap();
+    assert_eq!(
+        due_now.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[3], ids[4]]
+    );
+    assert!(
+        due_now.iter().all(|r| r.attempts == 0),
+        "a released record was not attempted"
+    );
     let later = store.due(now + 1_000, 100).await.unwrap();
     let retried = later
         .iter()
