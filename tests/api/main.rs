@@ -1,10 +1,12 @@
 //! One integration-test binary (links once): the real application on random
 //! ports, real HTTP, the real embedded store.
 
+mod contract;
 mod demo;
 mod durability;
 mod forwarding;
 mod helpers;
 mod operations;
+mod prism;
 mod store;
 mod zoom;
