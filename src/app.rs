@@ -1,7 +1,7 @@
 //! Builds the whole gateway from settings: store, sources, both listeners.
 //! Binding happens here so tests can ask for port 0 and read the real port.
 
-use std::{net::SocketAddr, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
+use std::{net::SocketAddr, net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{App, HttpServer, dev::Server, web};
 
@@ -14,7 +14,7 @@ use crate::{
     settings::{Settings, configured},
     sources::{Source, zoom::Zoom},
     store::{self, Store, StoreError},
-    token::StaticToken,
+    token::{self, CredentialConfigError},
 };
 
 /// How long in-flight requests may take to finish after SIGTERM.
@@ -25,6 +25,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 pub enum StartupError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("invalid HubSpot credential settings: {0}")]
+    Credential(#[from] CredentialConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -71,7 +73,7 @@ impl Application {
             Arc::clone(&store),
             Arc::clone(&metrics),
             Arc::clone(&wake),
-        );
+        )?;
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             metrics,
@@ -193,7 +195,7 @@ fn forwarder_from(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     wake: Arc<tokio::sync::Notify>,
-) -> Forwarder {
+) -> Result<Forwarder, CredentialConfigError> {
     for operation in Operation::ALL {
         metrics
             .hubspot_request_duration
@@ -201,7 +203,7 @@ fn forwarder_from(
     }
     let hubspot = HubSpotClient::new(
         &settings.hubspot_base_url,
-        Rc::new(StaticToken::new(settings.hubspot_access_token.clone())),
+        token::from_settings(settings, Arc::clone(&store), Arc::clone(&metrics))?,
         settings.hubspot_rate_limit_per_10s,
         Duration::from_millis(settings.hubspot_request_timeout_ms),
         Arc::clone(&metrics),
@@ -213,7 +215,7 @@ fn forwarder_from(
         create_contacts: settings.create_contacts,
         upsert_events: settings.upsert_events,
     };
-    Forwarder::new(store, hubspot, config, metrics, wake)
+    Ok(Forwarder::new(store, hubspot, config, metrics, wake))
 }
 
 async fn purge_settled(store: Arc<dyn Store>, retention_ms: i64) {

@@ -1,6 +1,8 @@
 //! The Prometheus registry of one application instance (not the global one,
 //! so several instances can run in one test process).
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder, core::Collector,
@@ -36,6 +38,10 @@ pub struct Metrics {
     pub hubspot_request_duration: HistogramVec,
     pub hubspot_batch_size: Histogram,
     pub forwarding_paused: IntGauge,
+    pub token_refreshes: IntCounterVec,
+    token_expires_in: Gauge,
+    /// When the held OAuth token expires (epoch ms; 0: no OAuth token).
+    token_expires_at_ms: AtomicI64,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -150,7 +156,30 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            token_refreshes: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "relay_token_refreshes_total",
+                        "OAuth token refreshes by outcome (success, refused, error).",
+                    ),
+                    &["outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            token_expires_in: register(
+                &registry,
+                Gauge::new(
+                    "relay_token_expires_in_seconds",
+                    "Time the held OAuth access token has left (0 without OAuth).",
+                )
+                .expect("valid metric"),
+            ),
+            token_expires_at_ms: AtomicI64::new(0),
         };
+        for outcome in ["success", "refused", "error"] {
+            metrics.token_refreshes.with_label_values(&[outcome]);
+        }
         for state in State::ALL {
             for outcome in RECORD_OUTCOMES {
                 metrics
@@ -186,8 +215,18 @@ impl Metrics {
         self.oldest_pending_age.set(age_ms as f64 / 1000.0);
     }
 
+    pub fn set_token_expiry(&self, expires_at_ms: i64) {
+        self.token_expires_at_ms
+            .store(expires_at_ms, Ordering::Relaxed);
+    }
+
     /// Prometheus text exposition of everything registered.
     pub fn encode(&self) -> String {
+        let expires_at_ms = self.token_expires_at_ms.load(Ordering::Relaxed);
+        if expires_at_ms > 0 {
+            let left_ms = (expires_at_ms - crate::record::now_ms()).max(0);
+            self.token_expires_in.set(left_ms as f64 / 1000.0);
+        }
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)

@@ -64,6 +64,24 @@ pub struct Settings {
     #[envconfig(from = "HUBSPOT_ACCESS_TOKEN")]
     pub hubspot_access_token: Option<Secret>,
 
+    /// OAuth: the HubSpot public app's client id. With the client secret and
+    /// a refresh token the gateway holds the credential itself.
+    #[envconfig(from = "HUBSPOT_CLIENT_ID")]
+    pub hubspot_client_id: Option<String>,
+
+    /// OAuth: the public app's client secret.
+    #[envconfig(from = "HUBSPOT_CLIENT_SECRET")]
+    pub hubspot_client_secret: Option<Secret>,
+
+    /// OAuth: the refresh token of the app's installation in the HubSpot
+    /// account. Newer ones HubSpot hands out are kept in the store.
+    #[envconfig(from = "HUBSPOT_REFRESH_TOKEN")]
+    pub hubspot_refresh_token: Option<Secret>,
+
+    /// OAuth token endpoint; unset means `{HUBSPOT_BASE_URL}/oauth/2026-03/token`.
+    #[envconfig(from = "HUBSPOT_TOKEN_URL")]
+    pub hubspot_token_url: Option<String>,
+
     /// Inputs per attendance `create` call.
     #[envconfig(from = "HUBSPOT_BATCH_SIZE", default = "100")]
     pub hubspot_batch_size: usize,
@@ -98,6 +116,20 @@ impl Settings {
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.retention_secs)
     }
+
+    pub fn token_url(&self) -> String {
+        match self
+            .hubspot_token_url
+            .as_deref()
+            .filter(|url| !url.is_empty())
+        {
+            Some(url) => url.to_owned(),
+            None => format!(
+                "{}/oauth/2026-03/token",
+                self.hubspot_base_url.trim_end_matches('/')
+            ),
+        }
+    }
 }
 
 /// A secret read from the environment: never printed by `Debug`, and an empty
@@ -112,6 +144,12 @@ impl Secret {
 
     pub fn is_empty(&self) -> bool {
         self.expose().is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(SecretString::from(s))
     }
 }
 
@@ -132,4 +170,30 @@ impl fmt::Debug for Secret {
 /// Treats an empty variable as unset.
 pub fn configured(secret: &Option<Secret>) -> Option<&Secret> {
     secret.as_ref().filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let secrets = [
+            ("ZOOM_WEBHOOK_SECRET_TOKEN", "zoom-secret-1"),
+            ("HUBSPOT_ACCESS_TOKEN", "access-token-2"),
+            ("HUBSPOT_CLIENT_SECRET", "client-secret-3"),
+            ("HUBSPOT_REFRESH_TOKEN", "refresh-token-4"),
+        ];
+        let env: HashMap<String, String> = secrets
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let printed = format!("{:?}", Settings::init_from_hashmap(&env).unwrap());
+        assert!(printed.contains("REDACTED"));
+        for (_, secret) in secrets {
+            assert!(!printed.contains(secret), "{secret} printed");
+        }
+    }
 }

@@ -54,7 +54,15 @@ pub enum CallError {
 
 impl From<CredentialError> for CallError {
     fn from(err: CredentialError) -> Self {
-        CallError::Credential(err.to_string())
+        match err {
+            CredentialError::Unavailable(reason) => CallError::Transient {
+                reason,
+                retry_after: None,
+            },
+            CredentialError::Missing | CredentialError::Refused(_) => {
+                CallError::Credential(err.to_string())
+            }
+        }
     }
 }
 
@@ -264,7 +272,10 @@ impl HubSpotClient {
             };
             match status {
                 200..=299 => return Ok(answer),
-                401 if !refreshed && self.token.rejected(&token).await => refreshed = true,
+                401 if !refreshed => {
+                    self.token.rejected(&token).await?;
+                    refreshed = true;
+                }
                 401 | 403 => {
                     return Err(CallError::Credential(format!(
                         "{label}: HubSpot answered {status}: {}",

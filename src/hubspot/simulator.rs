@@ -6,7 +6,7 @@
 //! gateway's traffic can also be proxied through a validating Prism.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::TcpListener,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -111,6 +111,29 @@ pub struct Options {
     pub known_events: Option<Vec<(String, String)>>,
     /// Added to every answer, for benchmarks.
     pub latency: Option<Duration>,
+    /// Serve HubSpot's OAuth token endpoint and accept only the access tokens
+    /// it issued; None: any bearer token is accepted.
+    pub oauth: Option<OAuthOptions>,
+}
+
+/// A HubSpot public app's credential as the simulator's token endpoint knows it.
+#[derive(Clone, Debug)]
+pub struct OAuthOptions {
+    pub client_id: String,
+    pub client_secret: String,
+    /// The refresh token of the app's installation.
+    pub refresh_token: String,
+    /// Lifetime of the access tokens it issues (HubSpot: 1800).
+    pub expires_in_secs: u64,
+}
+
+/// One request to the token endpoint (kept apart from the API calls: it is
+/// not rate-limited).
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    pub form: BTreeMap<String, String>,
+    pub status: u16,
+    pub at: Instant,
 }
 
 /// A running simulator; clones share its state and server.
@@ -147,6 +170,7 @@ impl Simulator {
                     "/marketing/marketing-events/2026-03/events/upsert",
                     web::post().to(events_upsert),
                 )
+                .route("/oauth/2026-03/token", web::post().to(token))
         })
         .workers(1)
         .disable_signals()
@@ -190,6 +214,38 @@ impl Simulator {
 
     pub fn attendance(&self) -> Vec<Attendance> {
         self.lock().attendance.clone()
+    }
+
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.lock().token_requests.clone()
+    }
+
+    /// Queues `fault` to answer the next token request.
+    pub fn fail_next_token(&self, fault: Fault) {
+        self.lock().token_faults.push_back(fault);
+    }
+
+    /// The app was uninstalled: every refresh token and access token is refused.
+    pub fn revoke(&self) {
+        if let Some(oauth) = &mut self.lock().oauth {
+            oauth.refresh_tokens.clear();
+            oauth.access_tokens.clear();
+        }
+    }
+
+    /// A new installation's refresh token works from now on.
+    pub fn grant_refresh_token(&self, token: &str) {
+        if let Some(oauth) = &mut self.lock().oauth {
+            oauth.refresh_tokens.insert(token.to_owned());
+        }
+    }
+
+    /// HubSpot stops accepting the access tokens issued so far (API calls
+    /// get 401 until the gateway refreshes).
+    pub fn expire_access_tokens(&self) {
+        if let Some(oauth) = &mut self.lock().oauth {
+            oauth.access_tokens.clear();
+        }
     }
 
     /// Calls answered 429 by the rate limit, not by injected faults.
@@ -252,6 +308,58 @@ struct State {
     calls: Vec<Call>,
     attendance: Vec<Attendance>,
     rate_limited: usize,
+    oauth: Option<OAuthState>,
+    token_faults: VecDeque<Fault>,
+    token_requests: Vec<TokenRequest>,
+}
+
+struct OAuthState {
+    client_id: String,
+    client_secret: String,
+    refresh_tokens: HashSet<String>,
+    /// Issued access tokens and when each expires.
+    access_tokens: HashMap<String, Instant>,
+    expires_in: Duration,
+    issued: u64,
+}
+
+impl OAuthState {
+    fn accepts(&self, access_token: &str) -> bool {
+        self.access_tokens
+            .get(access_token)
+            .is_some_and(|expires| *expires > Instant::now())
+    }
+
+    /// The `refresh_token` grant: a new access token, or why not.
+    fn refresh(&mut self, form: &BTreeMap<String, String>) -> Reply {
+        let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+        if field("grant_type") != "refresh_token" {
+            let reply = error_body("VALIDATION_ERROR", "unsupported grant_type");
+            return (StatusCode::BAD_REQUEST, reply);
+        }
+        if field("client_id") != self.client_id || field("client_secret") != self.client_secret {
+            let mut reply = error_body("BAD_CLIENT_ID", "missing or invalid client credentials");
+            reply["status"] = "BAD_CLIENT_ID".into();
+            return (StatusCode::BAD_REQUEST, reply);
+        }
+        if !self.refresh_tokens.contains(field("refresh_token")) {
+            let mut reply = error_body("BAD_REFRESH_TOKEN", "missing or unknown refresh token");
+            reply["status"] = "BAD_REFRESH_TOKEN".into();
+            return (StatusCode::BAD_REQUEST, reply);
+        }
+        self.issued += 1;
+        let access_token = format!("sim-access-{}", self.issued);
+        self.access_tokens
+            .insert(access_token.clone(), Instant::now() + self.expires_in);
+        let reply = json!({
+            "access_token": access_token,
+            "refresh_token": field("refresh_token"),
+            "expires_in": self.expires_in.as_secs(),
+            "token_type": "bearer",
+            "token_use": "access_token",
+        });
+        (StatusCode::OK, reply)
+    }
 }
 
 impl State {
@@ -269,6 +377,16 @@ impl State {
             calls: Vec::new(),
             attendance: Vec::new(),
             rate_limited: 0,
+            oauth: options.oauth.map(|oauth| OAuthState {
+                client_id: oauth.client_id,
+                client_secret: oauth.client_secret,
+                refresh_tokens: HashSet::from([oauth.refresh_token]),
+                access_tokens: HashMap::new(),
+                expires_in: Duration::from_secs(oauth.expires_in_secs),
+                issued: 0,
+            }),
+            token_faults: VecDeque::new(),
+            token_requests: Vec::new(),
         };
         for key in options.known_events.into_iter().flatten() {
             state.upsert_event(key);
@@ -570,13 +688,18 @@ async fn serve(
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let authorized = authorization
+    let bearer = authorization
         .as_deref()
         .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| !token.trim().is_empty());
+        .filter(|token| !token.trim().is_empty());
 
     let (mut response, reply, delay) = {
         let mut state = state.lock().expect("simulator state poisoned");
+        let authorized = match (&state.oauth, bearer) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(oauth), Some(token)) => oauth.accepts(token),
+        };
         let at = Instant::now();
         // Calls are recorded in arrival order, so the window is a suffix.
         let in_window = 1 + state
@@ -649,6 +772,51 @@ async fn serve(
         actix_web::rt::time::sleep(delay).await;
     }
     response.json(reply)
+}
+
+/// `POST /oauth/2026-03/token`, form-encoded.
+async fn token(body: Bytes, state: web::Data<Mutex<State>>) -> HttpResponse {
+    let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let (response, delay) = {
+        let mut state = state.lock().expect("simulator state poisoned");
+        let (status, reply, headers, delay) =
+            match (state.token_faults.pop_front(), &mut state.oauth) {
+                (Some(fault), _) => (
+                    StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    fault.body,
+                    fault.headers,
+                    fault.delay,
+                ),
+                (None, Some(oauth)) => {
+                    let (status, reply) = oauth.refresh(&form);
+                    (status, reply, Vec::new(), None)
+                }
+                (None, None) => {
+                    let reply = error_body(
+                        "OBJECT_NOT_FOUND",
+                        "this simulator was started without OAuth",
+                    );
+                    (StatusCode::NOT_FOUND, reply, Vec::new(), None)
+                }
+            };
+        state.token_requests.push(TokenRequest {
+            form,
+            status: status.as_u16(),
+            at: Instant::now(),
+        });
+        let mut response = HttpResponse::build(status);
+        for header in headers {
+            response.insert_header(header);
+        }
+        (
+            response.json(reply),
+            delay.unwrap_or_default() + state.latency.unwrap_or_default(),
+        )
+    };
+    if !delay.is_zero() {
+        actix_web::rt::time::sleep(delay).await;
+    }
+    response
 }
 
 fn parse<T: DeserializeOwned>(body: Value) -> Result<T, Reply> {

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::record::{Delivery, NewRecord};
+use crate::{
+    record::{Delivery, NewRecord},
+    settings::Secret,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,17 @@ pub struct StoredRecord {
     pub record: NewRecord,
 }
 
+/// The OAuth credential as last refreshed, shared by restarts and replicas.
+#[derive(Clone, Debug)]
+pub struct StoredCredential {
+    /// The installation it descends from: a hash of the configured refresh
+    /// token, so configuring a new one supersedes what is stored.
+    pub origin: String,
+    pub refresh_token: Secret,
+    pub access_token: Secret,
+    pub expires_at_ms: i64,
+}
+
 /// What became of a record the forwarder took.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settlement {
@@ -177,6 +191,16 @@ pub trait Store: Send + Sync {
 
     /// Records what became of taken records, in one commit.
     async fn settle(&self, outcomes: Vec<(i64, Settlement)>) -> Result<(), StoreError>;
+
+    /// The credential stored under `key`, if any.
+    async fn load_credential(&self, key: &str) -> Result<Option<StoredCredential>, StoreError>;
+
+    /// Replaces the credential stored under `key`.
+    async fn save_credential(
+        &self,
+        key: &str,
+        credential: &StoredCredential,
+    ) -> Result<(), StoreError>;
 
     /// Deletes settled records and delivery keys older than the retention; returns rows removed.
     async fn purge_settled(&self, older_than_ms: i64) -> Result<u64, StoreError>;

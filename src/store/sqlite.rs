@@ -15,8 +15,14 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{IngestOutcome, QueueStats, RecordStatus, Settlement, Store, StoreError, StoredRecord};
-use crate::record::{Delivery, EventInfo, NewRecord, State, now_ms};
+use super::{
+    IngestOutcome, QueueStats, RecordStatus, Settlement, Store, StoreError, StoredCredential,
+    StoredRecord,
+};
+use crate::{
+    record::{Delivery, EventInfo, NewRecord, State, now_ms},
+    settings::Secret,
+};
 
 /// Most jobs one transaction takes; bounds the latency a single commit adds.
 const MAX_GROUP: usize = 512;
@@ -72,6 +78,14 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (status, next_attempt_ms
 -- most of what a commit writes.
 CREATE UNIQUE INDEX IF NOT EXISTS records_by_contact ON records (external_event_id, email, dedupe_key);
 CREATE INDEX IF NOT EXISTS records_by_delivery ON records (delivery_id);
+CREATE TABLE IF NOT EXISTS credentials (
+    key           TEXT PRIMARY KEY,
+    origin        TEXT    NOT NULL,
+    refresh_token TEXT    NOT NULL,
+    access_token  TEXT    NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    updated_ms    INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -558,6 +572,56 @@ impl Store for SqliteStore {
             for (id, outcome) in &outcomes {
                 settle_one(conn, *id, outcome, now)?;
             }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_credential(&self, key: &str) -> Result<Option<StoredCredential>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            let credential = conn
+                .prepare_cached(
+                    "SELECT origin, refresh_token, access_token, expires_at_ms FROM credentials
+                     WHERE key = ?1",
+                )?
+                .query_row(params![key], |row| {
+                    Ok(StoredCredential {
+                        origin: row.get(0)?,
+                        refresh_token: Secret::from(row.get::<_, String>(1)?),
+                        access_token: Secret::from(row.get::<_, String>(2)?),
+                        expires_at_ms: row.get(3)?,
+                    })
+                })
+                .optional()?;
+            Ok(credential)
+        })
+        .await
+    }
+
+    async fn save_credential(
+        &self,
+        key: &str,
+        credential: &StoredCredential,
+    ) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        let credential = credential.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO credentials (key, origin, refresh_token, access_token, expires_at_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (key) DO UPDATE SET origin = excluded.origin,
+                     refresh_token = excluded.refresh_token, access_token = excluded.access_token,
+                     expires_at_ms = excluded.expires_at_ms, updated_ms = excluded.updated_ms",
+            )?
+            .execute(params![
+                key,
+                credential.origin,
+                credential.refresh_token.expose(),
+                credential.access_token.expose(),
+                credential.expires_at_ms,
+                now_ms(),
+            ])?;
             Ok(())
         })
         .await

@@ -1,13 +1,14 @@
 //! The gateway's HubSpot traffic, routed through Stoplight Prism over
-//! HubSpot's own OpenAPI documents: every request it sends (contacts batch
-//! read and upsert, attendance create, events upsert) must be valid. Prism
+//! HubSpot's own OpenAPI documents: every request it sends (OAuth refresh,
+//! contacts batch read and upsert, attendance create, events upsert) must be
+//! valid. Prism
 //! answers 422 to an invalid request and 500 to an answer that breaks the
 //! documents; either fails the test.
 
 use attendance_relay::{
     hubspot::{
         Operation,
-        simulator::{Options, Simulator},
+        simulator::{OAuthOptions, Options, Simulator},
     },
     store::RecordStatus,
 };
@@ -22,8 +23,15 @@ use crate::{
 async fn every_hubspot_request_is_valid_against_hubspots_documents() {
     // No event exists and one contact is unknown: the gateway must use all
     // four operations.
+    let oauth = OAuthOptions {
+        client_id: "contract-client".into(),
+        client_secret: "contract-secret".into(),
+        refresh_token: "contract-refresh".into(),
+        expires_in_secs: 1800,
+    };
     let hubspot = Simulator::start(Options {
         known_events: Some(Vec::new()),
+        oauth: Some(oauth),
         ..Options::default()
     })
     .await
@@ -37,6 +45,10 @@ async fn every_hubspot_request_is_valid_against_hubspots_documents() {
         &hubspot,
         &[
             ("HUBSPOT_BASE_URL", prism_url.as_str()),
+            ("HUBSPOT_ACCESS_TOKEN", ""),
+            ("HUBSPOT_CLIENT_ID", "contract-client"),
+            ("HUBSPOT_CLIENT_SECRET", "contract-secret"),
+            ("HUBSPOT_REFRESH_TOKEN", "contract-refresh"),
             ("RELAY_UPSERT_EVENTS", "true"),
             ("ZOOM_EXTERNAL_ACCOUNT_ID", "acct 1/ü"),
         ],
@@ -113,6 +125,15 @@ async fn every_hubspot_request_is_valid_against_hubspots_documents() {
     assert!(
         records.iter().all(|r| r.status == RecordStatus::Delivered),
         "{records:#?}"
+    );
+    assert_eq!(
+        hubspot
+            .token_requests()
+            .iter()
+            .map(|r| r.status)
+            .collect::<Vec<_>>(),
+        vec![200],
+        "the OAuth refresh went through Prism: {judged:#?}"
     );
     for operation in Operation::ALL {
         assert!(

@@ -1,4 +1,11 @@
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix_web::http::StatusCode;
 use attendance_relay::{
@@ -20,7 +27,9 @@ pub struct TestApp {
     pub admin: String,
     pub store: Arc<dyn Store>,
     pub client: awc::Client,
-    _dir: TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stopped: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
+    _dir: Arc<TempDir>,
 }
 
 /// Settings of a test instance: loopback port 0, a fresh database, Zoom on.
@@ -49,18 +58,30 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
+    spawn_app_in(Arc::new(tempfile::tempdir().expect("temp dir")), overrides).await
+}
+
+/// An instance on the store in `dir` (a restart, or a second replica).
+pub async fn spawn_app_in(dir: Arc<TempDir>, overrides: &[(&str, &str)]) -> TestApp {
     let settings = Settings::init_from_hashmap(&test_env(&dir, overrides)).expect("valid settings");
     let app = Application::build(settings).await.expect("app starts");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let test_app = TestApp {
         public: format!("http://{}", app.public_addr()),
         admin: format!("http://{}", app.admin_addr()),
         store: app.store(),
         client: awc::Client::default(),
+        stop: Some(stop),
+        stopped: None,
         _dir: dir,
     };
-    actix_web::rt::spawn(app.run_until(std::future::pending()));
-    test_app
+    let running = actix_web::rt::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        stopped: Some(running),
+        ..test_app
+    }
 }
 
 pub fn now_secs() -> i64 {
@@ -110,6 +131,18 @@ pub fn zoom_examples() -> Option<HashMap<String, Vec<u8>>> {
 }
 
 impl TestApp {
+    /// Stops the instance as SIGTERM would; returns its folder for a restart.
+    pub async fn stop(mut self) -> Arc<TempDir> {
+        let _ = self.stop.take().expect("running").send(());
+        self.stopped
+            .take()
+            .expect("running")
+            .await
+            .expect("joins")
+            .expect("stops cleanly");
+        Arc::clone(&self._dir)
+    }
+
     pub async fn post_zoom(&self, body: &[u8]) -> (StatusCode, Value) {
         let ts = now_secs();
         let sig = zoom_signature(ZOOM_SECRET, ts, body);
@@ -191,6 +224,15 @@ pub const HUBSPOT_TOKEN: &str = "test-hubspot-token";
 
 /// A gateway forwarding to `hubspot` with a static token and a short linger.
 pub async fn spawn_forwarding_app(hubspot: &Simulator, overrides: &[(&str, &str)]) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    spawn_forwarding_app_in(dir, hubspot, overrides).await
+}
+
+pub async fn spawn_forwarding_app_in(
+    dir: Arc<TempDir>,
+    hubspot: &Simulator,
+    overrides: &[(&str, &str)],
+) -> TestApp {
     let url = hubspot.url();
     let mut settings = vec![
         ("HUBSPOT_BASE_URL", url.as_str()),
@@ -199,7 +241,7 @@ pub async fn spawn_forwarding_app(hubspot: &Simulator, overrides: &[(&str, &str)
         ("HUBSPOT_REQUEST_TIMEOUT_MS", "2000"),
     ];
     settings.extend_from_slice(overrides);
-    spawn_app_with(&settings).await
+    spawn_app_in(dir, &settings).await
 }
 
 /// A signed-ready `webinar.participant_joined` body.
@@ -233,5 +275,98 @@ pub async fn wait_until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bo
             "timed out waiting until {what}"
         );
         actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The real binary, started as an operator would, on `db`.
+pub struct Gateway {
+    pub child: Child,
+    pub public: String,
+    pub admin: String,
+    pub client: awc::Client,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Gateway {
+    pub async fn start(db: &Path) -> Self {
+        Self::start_with(db, &[], None).await
+    }
+
+    /// With extra environment, and its log (stderr) written to `log`.
+    pub async fn start_with(db: &Path, env: &[(&str, String)], log: Option<&Path>) -> Self {
+        let (public, admin) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_attendance-relay"))
+            .env_clear()
+            .env("RELAY_LISTEN_ADDR", format!("127.0.0.1:{public}"))
+            .env("RELAY_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+            .env("RELAY_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("ZOOM_WEBHOOK_SECRET_TOKEN", ZOOM_SECRET)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log.map_or_else(Stdio::inherit, |path| {
+                Stdio::from(std::fs::File::create(path).expect("log file"))
+            }))
+            .spawn()
+            .expect("binary starts");
+        let gateway = Self {
+            child,
+            public: format!("http://127.0.0.1:{public}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+            client: awc::Client::default(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = gateway
+                .client
+                .get(format!("{}/readyz", gateway.public))
+                .send()
+                .await;
+            if matches!(ready, Ok(ref r) if r.status() == StatusCode::OK) {
+                return gateway;
+            }
+            assert!(Instant::now() < deadline, "gateway did not become ready");
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn post_join(&self, n: usize) -> Option<StatusCode> {
+        let body = json!({
+            "event": "webinar.participant_joined", "event_ts": 1_700_000_000_000_i64,
+            "payload": {"account_id": "A", "object": {"id": "77", "participant": {
+                "email": format!("p{n}@example.com"), "join_time": "2026-01-01T10:00:00Z"}}}
+        })
+        .to_string();
+        let ts = now_secs();
+        let response = self
+            .client
+            .post(format!("{}/webhooks/zoom", self.public))
+            .insert_header((
+                "x-zm-signature",
+                zoom_signature(ZOOM_SECRET, ts, body.as_bytes()),
+            ))
+            .insert_header(("x-zm-request-timestamp", ts.to_string()))
+            .send_body(body)
+            .await;
+        response.ok().map(|r| r.status())
+    }
+
+    pub async fn pending(&self) -> f64 {
+        let mut response = self
+            .client
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap();
+        let text =
+            String::from_utf8(response.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
+        metric(&text, "relay_queue_records", &[("status", "pending")]).unwrap()
     }
 }

@@ -6,6 +6,7 @@ mod demo;
 mod durability;
 mod forwarding;
 mod helpers;
+mod oauth;
 mod operations;
 mod prism;
 mod store;

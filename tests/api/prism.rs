@@ -30,7 +30,11 @@ use tempfile::TempDir;
 
 /// The documents whose paths the gateway calls. Prism serves one document per
 /// process and the gateway has one base URL, so they are merged into one.
-const DOCUMENTS: [&str; 2] = ["crm-contacts.v3.json", "marketing-events.2026-03.json"];
+const DOCUMENTS: [&str; 3] = [
+    "crm-contacts.v3.json",
+    "marketing-events.2026-03.json",
+    "oauth.2026-03.json",
+];
 
 /// Every line Prism printed, with the time of the last one.
 type Log = Arc<Mutex<(Vec<String>, Instant)>>;
@@ -67,9 +71,12 @@ impl Prism {
 
         let dir = tempfile::tempdir().expect("temp dir");
         let merged = dir.path().join("hubspot.json");
-        let mut documents = DOCUMENTS.iter().map(|name| read_json(&specs.join(name)));
-        let base = documents.next().unwrap();
-        let doc = documents.fold(base, |base, other| merge(base, other, "marketing-events"));
+        let mut documents = DOCUMENTS.iter().map(|name| {
+            let prefix = name.split('.').next().expect("named");
+            (prefix, read_json(&specs.join(name)))
+        });
+        let (_, base) = documents.next().unwrap();
+        let doc = documents.fold(base, |base, (prefix, other)| merge(base, other, prefix));
         std::fs::write(&merged, serde_json::to_vec(&doc).unwrap())
             .expect("merged document written");
 

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use attendance_relay::{
     record::{Delivery, NewRecord, State, now_ms},
-    store::{RecordStatus, Settlement, SqliteStore, Store},
+    settings::Secret,
+    store::{RecordStatus, Settlement, SqliteStore, Store, StoredCredential},
 };
 
 fn record(email: &str, state: State, at: i64) -> NewRecord {
@@ -125,6 +126,7 @@ async fn suite(store: Arc<dyn Store>) {
     );
 
     forwarding_queue(&*store).await;
+    credentials(&*store).await;
 
     // Retention removes settled records and their deliveries, never pending ones.
     store.check_writable().await.unwrap();
@@ -219,6 +221,58 @@ async fn forwarding_queue(store: &dyn Store) {
     assert_eq!(
         delivered.iter().map(|r| r.id).collect::<Vec<_>>(),
         vec![ids[0]]
+    );
+}
+
+/// The OAuth credential: absent, stored, replaced by a newer one, per key.
+async fn credentials(store: &dyn Store) {
+    assert!(
+        store
+            .load_credential("hubspot-oauth:app")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut credential = StoredCredential {
+        origin: "install-1".into(),
+        refresh_token: Secret::from("refresh-1".to_owned()),
+        access_token: Secret::from("access-1".to_owned()),
+        expires_at_ms: 1_000,
+    };
+    store
+        .save_credential("hubspot-oauth:app", &credential)
+        .await
+        .unwrap();
+    credential.access_token = Secret::from("access-2".to_owned());
+    credential.expires_at_ms = 2_000;
+    store
+        .save_credential("hubspot-oauth:app", &credential)
+        .await
+        .unwrap();
+    let loaded = store
+        .load_credential("hubspot-oauth:app")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            loaded.origin.as_str(),
+            loaded.refresh_token.expose(),
+            loaded.access_token.expose(),
+            loaded.expires_at_ms
+        ),
+        ("install-1", "refresh-1", "access-2", 2_000)
+    );
+    assert!(
+        !format!("{loaded:?}").contains("access-2"),
+        "Debug hides the tokens"
+    );
+    assert!(
+        store
+            .load_credential("hubspot-oauth:other")
+            .await
+            .unwrap()
+            .is_none()
     );
 }
 

@@ -1,0 +1,321 @@
+//! The OAuth credential held centrally: first fetch, refresh ahead of expiry
+//! (exactly once however many calls need it), 401 → refresh → retry, refused
+//! refresh → pause → recovery, restart reusing the stored token, and no
+//! secret in any log line, metric or answer.
+
+use std::{sync::Arc, time::Duration};
+
+use attendance_relay::{
+    hubspot::{
+        Operation,
+        simulator::{OAuthOptions, Options, Simulator},
+    },
+    store::RecordStatus,
+};
+
+use crate::helpers::{Gateway, TestApp, metric, spawn_forwarding_app_in, wait_until, zoom_join};
+
+const CLIENT_ID: &str = "test-client-id";
+const CLIENT_SECRET: &str = "test-client-secret-5f1c";
+const REFRESH_TOKEN: &str = "test-refresh-token-9a7e";
+
+async fn hubspot(expires_in_secs: u64) -> Simulator {
+    let oauth = OAuthOptions {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        refresh_token: REFRESH_TOKEN.into(),
+        expires_in_secs,
+    };
+    Simulator::start(Options {
+        oauth: Some(oauth),
+        ..Options::default()
+    })
+    .await
+    .unwrap()
+}
+
+const OAUTH_ENV: [(&str, &str); 4] = [
+    ("HUBSPOT_ACCESS_TOKEN", ""),
+    ("HUBSPOT_CLIENT_ID", CLIENT_ID),
+    ("HUBSPOT_CLIENT_SECRET", CLIENT_SECRET),
+    ("HUBSPOT_REFRESH_TOKEN", REFRESH_TOKEN),
+];
+
+async fn oauth_app(dir: Arc<tempfile::TempDir>, hubspot: &Simulator) -> TestApp {
+    spawn_forwarding_app_in(dir, hubspot, &OAUTH_ENV).await
+}
+
+async fn deliver(app: &TestApp, hubspot: &Simulator, webinar: &str, email: &str) {
+    let before = hubspot.attendance().len();
+    hubspot.add_contact(email);
+    let (status, _) = app
+        .post_zoom(&zoom_join(webinar, email, "2026-01-01T10:00:00Z"))
+        .await;
+    assert_eq!(status.as_u16(), 200);
+    wait_until("the join reaches HubSpot", 15, async || {
+        hubspot.attendance().len() > before
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn the_token_is_fetched_once_stored_and_reused_after_a_restart() {
+    let hubspot = hubspot(1800).await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = oauth_app(Arc::clone(&dir), &hubspot).await;
+    deliver(&app, &hubspot, "1", "ann@example.com").await;
+
+    let requests = hubspot.token_requests();
+    assert_eq!(requests.len(), 1);
+    let form = &requests[0].form;
+    assert_eq!(form["grant_type"], "refresh_token");
+    assert_eq!(
+        (
+            form["client_id"].as_str(),
+            form["client_secret"].as_str(),
+            form["refresh_token"].as_str()
+        ),
+        (CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN)
+    );
+    assert!(
+        hubspot
+            .calls()
+            .iter()
+            .all(|c| c.authorization.as_deref() == Some("Bearer sim-access-1"))
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "relay_token_refreshes_total",
+            &[("outcome", "success")]
+        ),
+        Some(1.0)
+    );
+    let expires_in = metric(&metrics, "relay_token_expires_in_seconds", &[]).unwrap();
+    assert!((1790.0..=1800.0).contains(&expires_in), "{expires_in}");
+
+    let dir = app.stop().await;
+    let restarted = oauth_app(dir, &hubspot).await;
+    deliver(&restarted, &hubspot, "1", "bob@example.com").await;
+    assert_eq!(
+        hubspot.token_requests().len(),
+        1,
+        "the stored token was reused"
+    );
+    assert_eq!(
+        hubspot.calls().last().unwrap().authorization.as_deref(),
+        Some("Bearer sim-access-1")
+    );
+}
+
+#[actix_web::test]
+async fn a_token_near_expiry_is_refreshed_ahead_exactly_once_under_load() {
+    // 302 s to live and refreshed 300 s ahead: stale two seconds after issue.
+    let hubspot = hubspot(302).await;
+    let app = oauth_app(Arc::new(tempfile::tempdir().unwrap()), &hubspot).await;
+    deliver(&app, &hubspot, "0", "first@example.com").await;
+    assert_eq!(hubspot.token_requests().len(), 1);
+    actix_web::rt::time::sleep(Duration::from_millis(2_100)).await;
+
+    // Twenty webinars at once: twenty batches want the token together.
+    let joins = (0..20).map(|i| {
+        let (app, hubspot) = (&app, &hubspot);
+        async move {
+            let email = format!("p{i}@example.com");
+            hubspot.add_contact(&email);
+            let (status, _) = app
+                .post_zoom(&zoom_join(&format!("w{i}"), &email, "2026-01-01T10:00:00Z"))
+                .await;
+            assert_eq!(status.as_u16(), 200);
+        }
+    });
+    futures_util::future::join_all(joins).await;
+    wait_until("all joins reach HubSpot", 15, async || {
+        hubspot.attendance().len() == 21
+    })
+    .await;
+
+    assert_eq!(
+        hubspot.token_requests().len(),
+        2,
+        "one refresh for all waiting calls"
+    );
+    assert!(
+        hubspot.calls().iter().all(|c| c.status != 401),
+        "refreshed before HubSpot refused the old token"
+    );
+    let creates: Vec<_> = hubspot
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == Operation::AttendanceCreate)
+        .collect();
+    assert!(creates.len() >= 20);
+    assert!(
+        creates[1..]
+            .iter()
+            .all(|c| c.authorization.as_deref() == Some("Bearer sim-access-2"))
+    );
+}
+
+#[actix_web::test]
+async fn a_401_refreshes_once_and_retries_the_call() {
+    let hubspot = hubspot(1800).await;
+    let app = oauth_app(Arc::new(tempfile::tempdir().unwrap()), &hubspot).await;
+    deliver(&app, &hubspot, "1", "ann@example.com").await;
+    hubspot.expire_access_tokens();
+    deliver(&app, &hubspot, "1", "bob@example.com").await;
+
+    assert_eq!(hubspot.token_requests().len(), 2);
+    let statuses: Vec<u16> = hubspot.calls().iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        1,
+        "{statuses:?}"
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(metric(&metrics, "relay_forwarding_paused", &[]), Some(0.0));
+    assert!(
+        app.records()
+            .await
+            .iter()
+            .all(|r| r.status == RecordStatus::Delivered)
+    );
+}
+
+#[actix_web::test]
+async fn a_refused_refresh_pauses_forwarding_until_the_credential_works_again() {
+    let hubspot = hubspot(1800).await;
+    let app = oauth_app(Arc::new(tempfile::tempdir().unwrap()), &hubspot).await;
+    deliver(&app, &hubspot, "1", "ann@example.com").await;
+
+    hubspot.revoke(); // the app was uninstalled
+    hubspot.add_contact("bob@example.com");
+    let (status, _) = app
+        .post_zoom(&zoom_join("1", "bob@example.com", "2026-01-01T10:00:00Z"))
+        .await;
+    assert_eq!(status.as_u16(), 200, "ingest goes on");
+    wait_until("forwarding pauses", 10, async || {
+        metric(&app.metrics().await, "relay_forwarding_paused", &[]) == Some(1.0)
+    })
+    .await;
+    let metrics = app.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "relay_token_refreshes_total",
+            &[("outcome", "refused")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    let (ready, _) = app.get(&format!("{}/readyz", app.public)).await;
+    assert_eq!(
+        ready.as_u16(),
+        200,
+        "a HubSpot outage never makes the gateway unready"
+    );
+    let bob = app
+        .records()
+        .await
+        .into_iter()
+        .find(|r| r.record.email == "bob@example.com")
+        .unwrap();
+    assert_eq!(bob.status, RecordStatus::Pending, "kept, not dead-lettered");
+
+    hubspot.grant_refresh_token(REFRESH_TOKEN); // reinstalled
+    wait_until("forwarding resumes by itself", 15, async || {
+        hubspot.attendance().len() == 2
+    })
+    .await;
+    wait_until("the pause clears", 5, async || {
+        metric(&app.metrics().await, "relay_forwarding_paused", &[]) == Some(0.0)
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn no_secret_reaches_a_log_line_a_metric_or_an_answer() {
+    let hubspot = hubspot(1800).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let mut env: Vec<(&str, String)> = OAUTH_ENV
+        .iter()
+        .map(|(k, v)| (*k, (*v).to_owned()))
+        .collect();
+    env.extend([
+        ("HUBSPOT_BASE_URL", hubspot.url()),
+        ("RELAY_BATCH_LINGER_MS", "0".to_owned()),
+        // Everything every crate logs, as an operator debugging would see it.
+        ("RUST_LOG", "trace".to_owned()),
+        ("RELAY_LOG_FORMAT", "json".to_owned()),
+    ]);
+    let mut gateway = Gateway::start_with(&dir.path().join("relay.db"), &env, Some(&log)).await;
+    hubspot.add_contact("p0@example.com");
+    hubspot.add_contact("p1@example.com");
+    hubspot.add_contact("p2@example.com");
+
+    // First fetch, a 401 and its refresh, a refused refresh, recovery.
+    assert_eq!(gateway.post_join(0).await.map(|s| s.as_u16()), Some(200));
+    wait_until("first join forwarded", 15, async || {
+        hubspot.attendance().len() == 1
+    })
+    .await;
+    hubspot.expire_access_tokens();
+    assert_eq!(gateway.post_join(1).await.map(|s| s.as_u16()), Some(200));
+    wait_until("second join forwarded", 15, async || {
+        hubspot.attendance().len() == 2
+    })
+    .await;
+    hubspot.revoke();
+    assert_eq!(gateway.post_join(2).await.map(|s| s.as_u16()), Some(200));
+    wait_until("the refresh is refused", 15, async || {
+        hubspot.token_requests().iter().any(|r| r.status == 400)
+    })
+    .await;
+    hubspot.grant_refresh_token(REFRESH_TOKEN);
+    wait_until("third join forwarded", 15, async || {
+        hubspot.attendance().len() == 3
+    })
+    .await;
+
+    let mut metrics = gateway
+        .client
+        .get(format!("{}/metrics", gateway.admin))
+        .send()
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(metrics.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
+    let mut refused = gateway
+        .client
+        .post(format!("{}/webhooks/zoom", gateway.public))
+        .insert_header(("x-zm-signature", "v0=00"))
+        .insert_header(("x-zm-request-timestamp", "1"))
+        .send_body("{}")
+        .await
+        .unwrap();
+    let answer = String::from_utf8(refused.body().await.unwrap().to_vec()).unwrap();
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("refreshed the HubSpot access token"),
+        "the log was captured"
+    );
+    let issued = hubspot
+        .token_requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .count();
+    let mut secrets = vec![CLIENT_SECRET.to_owned(), REFRESH_TOKEN.to_owned()];
+    secrets.extend((1..=issued).map(|n| format!("sim-access-{n}")));
+    for secret in &secrets {
+        for (place, text) in [("log", &logs), ("metrics", &metrics), ("answer", &answer)] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{secret} appears in the {place}"
+            );
+        }
+    }
+}
