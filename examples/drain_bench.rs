@@ -58,6 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             key: Sha256::digest(n.to_string()).into(),
             body: Vec::new(),
             received_ms: now_ms(),
+            deferred: false,
         };
         store.ingest(delivery, batch.collect()).await?;
     }

@@ -1,18 +1,24 @@
-//! Builds the whole gateway from settings: store, sources, both listeners.
+//! Builds the whole gateway from settings: store, sources, fetcher,
+//! forwarder, both listeners.
 //! Binding happens here so tests can ask for port 0 and read the real port.
 
-use std::{net::SocketAddr, net::TcpListener, sync::Arc, time::Duration};
+use std::{net::SocketAddr, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
 
 use actix_web::{App, HttpServer, dev::Server, web};
 
 use crate::{
+    fetcher::Fetcher,
     forwarder::{self, Forwarder},
     http::{self, AppState, Sources},
     hubspot::{HubSpotClient, Operation},
     metrics::Metrics,
     record::now_ms,
     settings::{Settings, configured},
-    sources::{Source, zoom::Zoom},
+    sources::{
+        Fetch, Source,
+        eventbrite::{self, Eventbrite, EventbriteApi},
+        zoom::Zoom,
+    },
     store::{self, Store, StoreError},
     token::{self, CredentialConfigError},
 };
@@ -25,6 +31,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 pub enum StartupError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("invalid {0}: {1}")]
+    Setting(&'static str, String),
     #[error("invalid HubSpot credential settings: {0}")]
     Credential(#[from] CredentialConfigError),
     #[error("cannot listen on {addr}: {source}")]
@@ -41,6 +49,7 @@ pub struct Application {
     admin_addr: SocketAddr,
     store: Arc<dyn Store>,
     forwarder: Forwarder,
+    fetcher: Fetcher,
     retention_ms: i64,
 }
 
@@ -55,6 +64,9 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let store = store::open(&settings.database_url)?;
         let metrics = Arc::new(Metrics::new());
+        let eventbrite_api = eventbrite::api_base(&settings.eventbrite_api_base_url)
+            .map_err(|err| StartupError::Setting("EVENTBRITE_API_BASE_URL", err.to_string()))?;
+        let eventbrite_token = configured(&settings.eventbrite_webhook_token);
         let sources = Sources {
             zoom: configured(&settings.zoom_webhook_secret_token).map(|secret| {
                 web::Data::new(Zoom::new(
@@ -63,22 +75,49 @@ impl Application {
                     settings.zoom_external_account_id.clone(),
                 ))
             }),
+            eventbrite: eventbrite_token.map(|token| {
+                web::Data::new(Eventbrite::new(
+                    token.clone(),
+                    eventbrite_api.clone(),
+                    settings.eventbrite_external_account_id.clone(),
+                ))
+            }),
         };
         if sources.zoom.is_some() {
             metrics.init_source(Zoom::NAME);
         }
-        let wake = Arc::new(tokio::sync::Notify::new());
+        // Platforms whose deliveries the fetcher completes from their API.
+        let mut platforms: Vec<Rc<dyn Fetch>> = Vec::new();
+        if sources.eventbrite.is_some() {
+            metrics.init_source(Eventbrite::NAME);
+            platforms.push(Rc::new(EventbriteApi::new(
+                settings.eventbrite_api_token.clone(),
+                eventbrite_api,
+                settings.eventbrite_external_account_id.clone(),
+            )));
+        }
+        let forwarder_wake = Arc::new(tokio::sync::Notify::new());
+        let fetcher_wake = Arc::new(tokio::sync::Notify::new());
         let forwarder = forwarder_from(
             &settings,
             Arc::clone(&store),
             Arc::clone(&metrics),
-            Arc::clone(&wake),
+            Arc::clone(&forwarder_wake),
         )?;
+        let fetcher = Fetcher::new(
+            Arc::clone(&store),
+            platforms,
+            Duration::from_secs(settings.max_record_age_secs),
+            Arc::clone(&metrics),
+            Arc::clone(&fetcher_wake),
+            Arc::clone(&forwarder_wake),
+        );
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             metrics,
             max_body_bytes: settings.max_body_bytes,
-            forwarder_wake: wake,
+            forwarder_wake,
+            fetcher_wake,
         });
 
         let public_listener = bind(&settings.listen_addr)?;
@@ -132,6 +171,7 @@ impl Application {
             admin_addr,
             store,
             forwarder,
+            fetcher,
             retention_ms: i64::try_from(settings.retention().as_millis()).unwrap_or(i64::MAX),
         })
     }
@@ -166,6 +206,7 @@ impl Application {
         // Stopped mid-call, it leaves leased records that are sent again on
         // the next start: HubSpot's create is idempotent for them.
         let forwarder = actix_web::rt::spawn(self.forwarder.run());
+        let fetcher = actix_web::rt::spawn(self.fetcher.run());
         // The servers run as their own task: they must keep being polled while
         // the stop below waits for them to drain.
         let mut servers =
@@ -183,7 +224,8 @@ impl Application {
             .map(|_| ());
         janitor.abort();
         forwarder.abort();
-        let _ = forwarder.await;
+        fetcher.abort();
+        let _ = tokio::join!(forwarder, fetcher);
         self.store.close().await;
         tracing::info!("stopped");
         result

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub hubspot_batch_size: Histogram,
     pub forwarding_paused: IntGauge,
     pub token_refreshes: IntCounterVec,
+    pub fetches: IntCounterVec,
     token_expires_in: Gauge,
     /// When the held OAuth token expires (epoch ms; 0: no OAuth token).
     token_expires_at_ms: AtomicI64,
@@ -176,6 +177,18 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             token_expires_at_ms: AtomicI64::new(0),
+            fetches: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "relay_fetches_total",
+                        "Fetches of deferred deliveries from a platform's API by outcome \
+                         (resolved, retry, failed; refused: a URL outside the platform's API, never requested).",
+                    ),
+                    &["source", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
         };
         for outcome in ["success", "refused", "error"] {
             metrics.token_refreshes.with_label_values(&[outcome]);

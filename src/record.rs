@@ -95,6 +95,8 @@ pub struct Delivery {
     pub key: [u8; 32],
     pub body: Vec<u8>,
     pub received_ms: i64,
+    /// Its records are still to be fetched from the platform's API.
+    pub deferred: bool,
 }
 
 pub fn now_ms() -> i64 {

@@ -94,6 +94,27 @@ pub struct Settings {
     #[envconfig(from = "HUBSPOT_REQUEST_TIMEOUT_MS", default = "15000")]
     pub hubspot_request_timeout_ms: u64,
 
+    /// Secret path segment of the Eventbrite route
+    /// (`/webhooks/eventbrite/{token}`); the route answers 404 while unset.
+    #[envconfig(from = "EVENTBRITE_WEBHOOK_TOKEN")]
+    pub eventbrite_webhook_token: Option<Secret>,
+
+    /// Eventbrite private token the gateway fetches orders and attendees with.
+    /// Unset: Eventbrite deliveries are stored and wait for it.
+    #[envconfig(from = "EVENTBRITE_API_TOKEN")]
+    pub eventbrite_api_token: Option<Secret>,
+
+    /// The only URL prefix the gateway ever fetches from for Eventbrite.
+    #[envconfig(
+        from = "EVENTBRITE_API_BASE_URL",
+        default = "https://www.eventbriteapi.com/v3/"
+    )]
+    pub eventbrite_api_base_url: String,
+
+    /// externalAccountId for Eventbrite records; unset means `config.user_id`.
+    #[envconfig(from = "EVENTBRITE_EXTERNAL_ACCOUNT_ID")]
+    pub eventbrite_external_account_id: Option<String>,
+
     /// Zoom app's secret token; the Zoom route answers 404 while unset.
     #[envconfig(from = "ZOOM_WEBHOOK_SECRET_TOKEN")]
     pub zoom_webhook_secret_token: Option<Secret>,

@@ -20,6 +20,7 @@ use crate::{
     hubspot::{CallError, CreateOutcome, HubSpotClient, Subscriber, named_inputs},
     metrics::Metrics,
     record::{State, now_ms},
+    retry::backoff,
     store::{Settlement, Store, StoreError, StoredRecord},
 };
 use contacts::{Contacts, Wanted};
@@ -30,8 +31,6 @@ const ROUND_BATCHES: i64 = 10;
 const LEASE: Duration = Duration::from_secs(300);
 /// Retries and other replicas' records come due without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(900);
 const PAUSE_FIRST: Duration = Duration::from_secs(2);
 const PAUSE_MAX: Duration = Duration::from_secs(300);
 /// Wait after the store failed a forwarding read or write.
@@ -546,16 +545,6 @@ fn isolate(batch: Batch, error: &serde_json::Value) -> (Batch, [Batch; 2]) {
     (Vec::new(), [left, right])
 }
 
-/// Exponential in the attempts made so far (the first failure waits about
-/// [`RETRY_FIRST`]), with jitter so records that failed together spread out.
-fn backoff(attempts: i64) -> Duration {
-    let exponent = u32::try_from(attempts.saturating_sub(1))
-        .unwrap_or(0)
-        .min(16);
-    let full = RETRY_FIRST.saturating_mul(1 << exponent).min(RETRY_MAX);
-    full.mul_f64(0.5 + fastrand::f64() / 2.0)
-}
-
 /// `zoom` → `Zoom`: the marketing event's organizer is the platform.
 fn organizer_name(source: &str) -> String {
     let mut chars = source.chars();
@@ -568,20 +557,6 @@ fn organizer_name(source: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_is_capped() {
-        for attempts in 1..30 {
-            let wait = backoff(attempts);
-            let full = RETRY_FIRST
-                .saturating_mul(1 << (attempts - 1).min(16))
-                .min(RETRY_MAX);
-            assert!(
-                wait >= full / 2 && wait <= full,
-                "attempt {attempts}: {wait:?}"
-            );
-        }
-    }
 
     #[test]
     fn the_organizer_is_the_platform() {

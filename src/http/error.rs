@@ -47,7 +47,8 @@ impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
         match rejection {
             Rejection::Unauthorized(why) => ApiError::Unauthorized(why),
-            Rejection::Invalid(why) => ApiError::Invalid(why),
+            Rejection::UnknownRoute => ApiError::NotFound,
+            Rejection::Invalid(why) | Rejection::Unfetchable(why) => ApiError::Invalid(why),
             Rejection::Store(err) => ApiError::Unavailable(err),
         }
     }

@@ -8,7 +8,12 @@ use std::sync::Arc;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::{metrics::Metrics, record::now_ms, sources::zoom::Zoom, store::Store};
+use crate::{
+    metrics::Metrics,
+    record::now_ms,
+    sources::{eventbrite::Eventbrite, zoom::Zoom},
+    store::Store,
+};
 use error::ApiError;
 pub use webhooks::Counts;
 
@@ -19,12 +24,15 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Tells the forwarder that new records are waiting.
     pub forwarder_wake: Arc<tokio::sync::Notify>,
+    /// Tells the fetcher that a deferred delivery is waiting.
+    pub fetcher_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Sources that are configured; each is `None` when its secret is unset.
 #[derive(Clone, Default)]
 pub struct Sources {
     pub zoom: Option<web::Data<Zoom>>,
+    pub eventbrite: Option<web::Data<Eventbrite>>,
 }
 
 /// Routes of the public listener.
@@ -32,7 +40,7 @@ pub fn public(cfg: &mut web::ServiceConfig, state: web::Data<AppState>, sources:
     cfg.app_data(state)
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .configure(|cfg| webhooks::configure(cfg, sources.zoom));
+        .configure(|cfg| webhooks::configure(cfg, sources));
 }
 
 /// Routes of the admin listener.

@@ -4,10 +4,10 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
-use super::{AppState, error::ApiError};
+use super::{AppState, Sources, error::ApiError};
 use crate::{
     record::{Delivery, now_ms},
-    sources::{Inbound, Source, zoom::Zoom},
+    sources::{Inbound, Rejection, Source, eventbrite::Eventbrite, zoom::Zoom},
 };
 
 /// The body of every 200 that is not a handshake.
@@ -35,10 +35,16 @@ impl Answer {
 }
 
 /// Routes of the configured sources; an unconfigured source's route is absent (404).
-pub fn configure(cfg: &mut web::ServiceConfig, zoom: Option<web::Data<Zoom>>) {
-    if let Some(zoom) = zoom {
+pub fn configure(cfg: &mut web::ServiceConfig, sources: Sources) {
+    if let Some(zoom) = sources.zoom {
         cfg.app_data(zoom)
             .route("/webhooks/zoom", web::post().to(receive::<Zoom>));
+    }
+    if let Some(eventbrite) = sources.eventbrite {
+        cfg.app_data(eventbrite).route(
+            "/webhooks/eventbrite/{token}",
+            web::post().to(receive::<Eventbrite>),
+        );
     }
 }
 
@@ -85,7 +91,18 @@ async fn ingest<S: Source>(
         .map_err(|_| ApiError::TooLarge(state.max_body_bytes))?
         .map_err(|err| ApiError::Invalid(format!("cannot read the body: {err}")))?;
     source.authenticate(request, &body)?;
-    let records = match source.interpret(&body, state.store.as_ref()).await? {
+    let interpreted = match source.interpret(&body, state.store.as_ref()).await {
+        Err(Rejection::Unfetchable(why)) => {
+            state
+                .metrics
+                .fetches
+                .with_label_values(&[S::NAME, "refused"])
+                .inc();
+            return Err(ApiError::Invalid(why));
+        }
+        other => other?,
+    };
+    let (records, deferred) = match interpreted {
         Inbound::Reply(reply) => return Ok(Answer::Reply(reply)),
         Inbound::Ignored => {
             return Ok(Answer::Counts(Counts {
@@ -93,7 +110,8 @@ async fn ingest<S: Source>(
                 ..Counts::default()
             }));
         }
-        Inbound::Records(records) => records,
+        Inbound::Records(records) => (records, false),
+        Inbound::Deferred => (Vec::new(), true),
     };
     let unmappable: Vec<_> = records
         .iter()
@@ -104,12 +122,23 @@ async fn ingest<S: Source>(
         key: source.delivery_key(&body),
         body: body.to_vec(),
         received_ms: now_ms(),
+        deferred,
     };
     let outcome = state
         .store
         .ingest(delivery, records)
         .await
         .map_err(ApiError::Unavailable)?;
+    if deferred {
+        // Accepted for fetching: its records are counted once they exist.
+        state.fetcher_wake.notify_one();
+        let fresh = usize::from(!outcome.duplicate_delivery);
+        return Ok(Answer::Counts(Counts {
+            accepted: fresh,
+            duplicates: 1 - fresh,
+            ignored: 0,
+        }));
+    }
     if outcome.accepted() > 0 {
         state.forwarder_wake.notify_one();
     }

@@ -1,6 +1,7 @@
 //! Event platforms. Each module authenticates its platform's deliveries and
 //! turns them into [`NewRecord`]s; nothing platform-specific goes further.
 
+pub mod eventbrite;
 pub mod zoom;
 
 use actix_web::HttpRequest;
@@ -18,6 +19,9 @@ pub enum Inbound {
     Ignored,
     /// Records to store durably before acknowledging.
     Records(Vec<NewRecord>),
+    /// The delivery only points at the data: store it, acknowledge, and let
+    /// the platform's [`Fetch`] turn it into records in the background.
+    Deferred,
 }
 
 /// Why a delivery was refused.
@@ -26,9 +30,17 @@ pub enum Rejection {
     /// Bad or missing signature, token or timestamp.
     #[error("{0}")]
     Unauthorized(String),
+    /// A secret path segment that does not match: answered as if the route
+    /// did not exist.
+    #[error("no such route")]
+    UnknownRoute,
     /// Not JSON, wrong shape, or a required field missing.
     #[error("{0}")]
     Invalid(String),
+    /// The delivery names a URL the gateway will not fetch (another host,
+    /// scheme or path than the platform's API).
+    #[error("{0}")]
+    Unfetchable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -52,6 +64,27 @@ pub trait Source: 'static {
     fn delivery_key(&self, body: &[u8]) -> [u8; 32] {
         Sha256::digest(body).into()
     }
+}
+
+/// Why a deferred delivery's fetch did not produce records.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The platform failed or could not be reached; worth trying later.
+    #[error("{0}")]
+    Retry(String),
+    /// Trying again cannot help (the object is gone, the answer makes no sense).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A platform whose deliveries only point at the data: the gateway fetches
+/// and maps it after acknowledging (see [`Inbound::Deferred`]).
+#[async_trait(?Send)]
+pub trait Fetch {
+    /// The source whose deferred deliveries this resolves.
+    fn source(&self) -> &'static str;
+
+    async fn fetch(&self, body: &[u8]) -> Result<Vec<NewRecord>, FetchError>;
 }
 
 /// Lower-cased, trimmed email; HubSpot matches contacts case-insensitively.

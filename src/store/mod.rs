@@ -114,6 +114,28 @@ pub struct StoredRecord {
     pub record: NewRecord,
 }
 
+/// A delivery whose records are still to be fetched from its platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeferredDelivery {
+    pub id: i64,
+    pub source: String,
+    pub body: Vec<u8>,
+    /// Fetches tried so far.
+    pub attempts: i64,
+    pub received_ms: i64,
+}
+
+/// What became of a deferred delivery's fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// Fetched and mapped: these records are stored like any other.
+    Resolved(Vec<NewRecord>),
+    /// Try again at `at_ms`.
+    Retry { at_ms: i64, error: String },
+    /// Given up; the reason is kept with the delivery.
+    Failed { reason: String },
+}
+
 /// The OAuth credential as last refreshed, shared by restarts and replicas.
 #[derive(Clone, Debug)]
 pub struct StoredCredential {
@@ -146,7 +168,8 @@ pub enum Settlement {
 pub trait Store: Send + Sync {
     /// Stores a delivery and its records in one durable commit. Records already
     /// known (by [`NewRecord::dedupe_key`]) are not stored again; a delivery
-    /// whose key is known stores nothing.
+    /// whose key is known stores nothing. A deferred delivery waits for
+    /// [`Store::due_deliveries`].
     async fn ingest(
         &self,
         delivery: Delivery,
@@ -191,6 +214,21 @@ pub trait Store: Send + Sync {
 
     /// Records what became of taken records, in one commit.
     async fn settle(&self, outcomes: Vec<(i64, Settlement)>) -> Result<(), StoreError>;
+
+    /// Deferred deliveries due by `now_ms`, oldest first.
+    async fn due_deliveries(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<DeferredDelivery>, StoreError>;
+
+    /// Records the fetch of a deferred delivery; a resolved one stores its
+    /// records (deduplicated as at ingest) in the same commit.
+    async fn settle_delivery(
+        &self,
+        id: i64,
+        outcome: FetchOutcome,
+    ) -> Result<IngestOutcome, StoreError>;
 
     /// The credential stored under `key`, if any.
     async fn load_credential(&self, key: &str) -> Result<Option<StoredCredential>, StoreError>;

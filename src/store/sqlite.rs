@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    IngestOutcome, QueueStats, RecordStatus, Settlement, Store, StoreError, StoredCredential,
-    StoredRecord,
+    DeferredDelivery, FetchOutcome, IngestOutcome, QueueStats, RecordStatus, Settlement, Store,
+    StoreError, StoredCredential, StoredRecord,
 };
 use crate::{
     record::{Delivery, EventInfo, NewRecord, State, now_ms},
@@ -47,8 +47,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
     dedupe_key  BLOB    NOT NULL,
     received_ms INTEGER NOT NULL,
     body        BLOB    NOT NULL,
+    -- 'done', or 'fetch' while its records are to be fetched, or 'failed'.
+    status          TEXT    NOT NULL DEFAULT 'done',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER,
+    last_error      TEXT,
     UNIQUE (source, dedupe_key)
 );
+CREATE INDEX IF NOT EXISTS deliveries_to_fetch ON deliveries (next_attempt_ms) WHERE status = 'fetch';
 CREATE TABLE IF NOT EXISTS records (
     id                  INTEGER PRIMARY KEY,
     delivery_id         INTEGER NOT NULL REFERENCES deliveries (id),
@@ -304,14 +310,16 @@ fn insert_delivery(
 ) -> Result<IngestOutcome, StoreError> {
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO deliveries (source, dedupe_key, received_ms, body) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO deliveries (source, dedupe_key, received_ms, body, status, next_attempt_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?3)
              ON CONFLICT (source, dedupe_key) DO NOTHING",
         )?
         .execute(params![
             delivery.source,
             &delivery.key[..],
             delivery.received_ms,
-            delivery.body
+            delivery.body,
+            if delivery.deferred { "fetch" } else { "done" },
         ])?;
     if inserted == 0 {
         return Ok(IngestOutcome {
@@ -319,7 +327,27 @@ fn insert_delivery(
             fresh: vec![false; records.len()],
         });
     }
-    let delivery_id = conn.last_insert_rowid();
+    let fresh = insert_records(
+        conn,
+        conn.last_insert_rowid(),
+        delivery.source,
+        delivery.received_ms,
+        records,
+    )?;
+    Ok(IngestOutcome {
+        duplicate_delivery: false,
+        fresh,
+    })
+}
+
+/// Stores a delivery's records; per record, whether it was new.
+fn insert_records(
+    conn: &Connection,
+    delivery_id: i64,
+    source: &str,
+    received_ms: i64,
+    records: &[NewRecord],
+) -> Result<Vec<bool>, StoreError> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO records (delivery_id, dedupe_key, source, state, email, first_name, last_name, vid,
              external_event_id, external_account_id, interaction_ms, properties, event_info, status,
@@ -339,8 +367,8 @@ fn insert_delivery(
             insert
                 .execute(params![
                     delivery_id,
-                    &record.dedupe_key(delivery.source)[..],
-                    delivery.source,
+                    &record.dedupe_key(source)[..],
+                    source,
                     record.state.as_str(),
                     record.email,
                     record.first_name,
@@ -352,15 +380,45 @@ fn insert_delivery(
                     properties,
                     event_info,
                     RecordStatus::initial(record).as_str(),
-                    delivery.received_ms,
+                    received_ms,
                 ])
                 .map(|n| n == 1)
         })
         .collect::<Result<_, _>>()?;
-    Ok(IngestOutcome {
-        duplicate_delivery: false,
-        fresh,
-    })
+    Ok(fresh)
+}
+
+fn settle_fetch(
+    conn: &Connection,
+    id: i64,
+    outcome: &FetchOutcome,
+) -> Result<IngestOutcome, StoreError> {
+    let (status, next_attempt, error) = match outcome {
+        FetchOutcome::Resolved(records) => {
+            let source: String = conn
+                .prepare_cached("SELECT source FROM deliveries WHERE id = ?1")?
+                .query_row(params![id], |row| row.get(0))?;
+            let fresh = insert_records(conn, id, &source, now_ms(), records)?;
+            conn.prepare_cached(
+                "UPDATE deliveries SET status = 'done', attempts = attempts + 1, last_error = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![id])?;
+            return Ok(IngestOutcome {
+                duplicate_delivery: false,
+                fresh,
+            });
+        }
+        FetchOutcome::Retry { at_ms, error } => ("fetch", Some(*at_ms), error),
+        FetchOutcome::Failed { reason } => ("failed", None, reason),
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = ?2, attempts = attempts + 1,
+             next_attempt_ms = COALESCE(?3, next_attempt_ms), last_error = ?4
+         WHERE id = ?1",
+    )?
+    .execute(params![id, status, next_attempt, error])?;
+    Ok(IngestOutcome::default())
 }
 
 /// Columns [`row_to_record`] reads, in its order.
@@ -577,6 +635,42 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn due_deliveries(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<DeferredDelivery>, StoreError> {
+        self.read(move |conn| {
+            let due = conn
+                .prepare_cached(
+                    "SELECT id, source, body, attempts, received_ms FROM deliveries
+                     WHERE status = 'fetch' AND next_attempt_ms <= ?1
+                     ORDER BY next_attempt_ms, id LIMIT ?2",
+                )?
+                .query_map(params![now_ms, limit], |row| {
+                    Ok(DeferredDelivery {
+                        id: row.get(0)?,
+                        source: row.get(1)?,
+                        body: row.get(2)?,
+                        attempts: row.get(3)?,
+                        received_ms: row.get(4)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn settle_delivery(
+        &self,
+        id: i64,
+        outcome: FetchOutcome,
+    ) -> Result<IngestOutcome, StoreError> {
+        self.write(move |conn| settle_fetch(conn, id, &outcome))
+            .await
+    }
+
     async fn load_credential(&self, key: &str) -> Result<Option<StoredCredential>, StoreError> {
         let key = key.to_owned();
         self.read(move |conn| {
@@ -634,7 +728,7 @@ impl Store for SqliteStore {
                 params![older_than_ms],
             )?;
             let deliveries = conn.execute(
-                "DELETE FROM deliveries WHERE received_ms < ?1
+                "DELETE FROM deliveries WHERE received_ms < ?1 AND status != 'fetch'
                    AND NOT EXISTS (SELECT 1 FROM records WHERE records.delivery_id = deliveries.id)",
                 params![older_than_ms],
             )?;

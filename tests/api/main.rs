@@ -4,6 +4,7 @@
 mod contract;
 mod demo;
 mod durability;
+mod eventbrite;
 mod forwarding;
 mod helpers;
 mod oauth;

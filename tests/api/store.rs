@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use attendance_relay::{
     record::{Delivery, NewRecord, State, now_ms},
     settings::Secret,
-    store::{RecordStatus, Settlement, SqliteStore, Store, StoredCredential},
+    store::{FetchOutcome, RecordStatus, Settlement, SqliteStore, Store, StoredCredential},
 };
 
 fn record(email: &str, state: State, at: i64) -> NewRecord {
@@ -31,6 +31,7 @@ fn delivery(body: &str, received_ms: i64) -> Delivery {
         key: sha2::Sha256::digest(body.as_bytes()).into(),
         body: body.as_bytes().to_vec(),
         received_ms,
+        deferred: false,
     }
 }
 
@@ -276,11 +277,107 @@ async fn credentials(store: &dyn Store) {
     );
 }
 
+/// Deliveries that only point at their data: stored, due for fetching,
+/// retried, resolved into (deduplicated) records, or failed.
+async fn deferred_suite(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let mut pointer = delivery("points at order 1", now);
+    pointer.deferred = true;
+    let stored = store.ingest(pointer.clone(), Vec::new()).await.unwrap();
+    assert!(!stored.duplicate_delivery && stored.fresh.is_empty());
+    let mut other = delivery("points at order 2", now);
+    other.deferred = true;
+    store.ingest(other, Vec::new()).await.unwrap();
+    store
+        .ingest(
+            delivery("plain", now),
+            vec![record("z@x.io", State::Register, 9)],
+        )
+        .await
+        .unwrap();
+
+    let due = store.due_deliveries(now, 10).await.unwrap();
+    assert_eq!(
+        due.len(),
+        2,
+        "only deferred deliveries are due for fetching"
+    );
+    assert_eq!(
+        (due[0].body.as_slice(), due[0].attempts),
+        (pointer.body.as_slice(), 0)
+    );
+    let (first, second) = (due[0].id, due[1].id);
+
+    let retried = FetchOutcome::Retry {
+        at_ms: now + 5_000,
+        error: "Eventbrite answered 503".into(),
+    };
+    store.settle_delivery(first, retried).await.unwrap();
+    let due: Vec<i64> = store
+        .due_deliveries(now, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(due, vec![second]);
+    let later = store.due_deliveries(now + 5_000, 10).await.unwrap();
+    assert_eq!(
+        later.iter().find(|d| d.id == first).map(|d| d.attempts),
+        Some(1)
+    );
+
+    // Resolved: its records are stored like any ingest's, deduplicated.
+    let records = vec![
+        record("a@x.io", State::Register, 1),
+        record("z@x.io", State::Register, 9),
+    ];
+    let outcome = store
+        .settle_delivery(first, FetchOutcome::Resolved(records))
+        .await
+        .unwrap();
+    assert_eq!(outcome.fresh, vec![true, false]);
+    store
+        .settle_delivery(
+            second,
+            FetchOutcome::Failed {
+                reason: "gone".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .due_deliveries(now + 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let pending = store
+        .records(Some(RecordStatus::Pending), 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 2);
+
+    // A delivery still waiting for its fetch survives retention.
+    let mut waiting = delivery("points at order 3", now - 10_000);
+    waiting.deferred = true;
+    store.ingest(waiting, Vec::new()).await.unwrap();
+    store.purge_settled(now + 1).await.unwrap();
+    assert_eq!(
+        store.due_deliveries(now + 60_000, 10).await.unwrap().len(),
+        1
+    );
+    store.close().await;
+}
+
 #[actix_web::test]
 async fn sqlite_store_passes_the_store_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("nested/relay.db").to_str().unwrap()).unwrap();
     suite(Arc::new(store)).await;
+    let store = SqliteStore::open(dir.path().join("deferred.db").to_str().unwrap()).unwrap();
+    deferred_suite(Arc::new(store)).await;
 }
 
 #[actix_web::test]
