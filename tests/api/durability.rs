@@ -96,14 +96,7 @@ async fn a_record_whose_call_was_cut_by_a_crash_is_delivered_after_restart() {
     })
     .await;
     wait_until("it is settled as delivered", 10, async || {
-        let mut response = restarted
-            .client
-            .get(format!("{}/metrics", restarted.admin))
-            .send()
-            .await
-            .unwrap();
-        let text =
-            String::from_utf8(response.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
+        let text = restarted.metrics().await;
         metric(&text, "relay_queue_records", &[("status", "delivered")]) == Some(1.0)
     })
     .await;

@@ -358,15 +358,22 @@ impl Gateway {
         response.ok().map(|r| r.status())
     }
 
-    pub async fn pending(&self) -> f64 {
+    pub async fn metrics(&self) -> String {
         let mut response = self
             .client
             .get(format!("{}/metrics", self.admin))
             .send()
             .await
             .unwrap();
-        let text =
-            String::from_utf8(response.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
-        metric(&text, "relay_queue_records", &[("status", "pending")]).unwrap()
+        String::from_utf8(response.body().limit(1 << 22).await.unwrap().to_vec()).unwrap()
+    }
+
+    pub async fn pending(&self) -> f64 {
+        metric(
+            &self.metrics().await,
+            "relay_queue_records",
+            &[("status", "pending")],
+        )
+        .unwrap()
     }
 }

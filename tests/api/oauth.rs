@@ -279,13 +279,7 @@ async fn no_secret_reaches_a_log_line_a_metric_or_an_answer() {
     })
     .await;
 
-    let mut metrics = gateway
-        .client
-        .get(format!("{}/metrics", gateway.admin))
-        .send()
-        .await
-        .unwrap();
-    let metrics = String::from_utf8(metrics.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
+    let metrics = gateway.metrics().await;
     let mut refused = gateway
         .client
         .post(format!("{}/webhooks/zoom", gateway.public))
