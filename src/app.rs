@@ -12,7 +12,11 @@ use crate::{
     metrics::Metrics,
     record::now_ms,
     settings::{Settings, configured},
-    sources::{Source, zoom::Zoom},
+    sources::{
+        Source,
+        generic::{Generic, GenericConfigError},
+        zoom::Zoom,
+    },
     store::{self, Store, StoreError},
     token::{self, CredentialConfigError},
 };
@@ -27,6 +31,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("invalid HubSpot credential settings: {0}")]
     Credential(#[from] CredentialConfigError),
+    #[error("invalid generic source settings: {0}")]
+    Generic(#[from] GenericConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -63,9 +69,13 @@ impl Application {
                     settings.zoom_external_account_id.clone(),
                 ))
             }),
+            generic: Generic::from_settings(&settings)?.map(web::Data::new),
         };
         if sources.zoom.is_some() {
             metrics.init_source(Zoom::NAME);
+        }
+        if sources.generic.is_some() {
+            metrics.init_source(Generic::NAME);
         }
         let wake = Arc::new(tokio::sync::Notify::new());
         let forwarder = forwarder_from(

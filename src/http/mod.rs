@@ -8,7 +8,12 @@ use std::sync::Arc;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::{metrics::Metrics, record::now_ms, sources::zoom::Zoom, store::Store};
+use crate::{
+    metrics::Metrics,
+    record::now_ms,
+    sources::{generic::Generic, zoom::Zoom},
+    store::Store,
+};
 use error::ApiError;
 pub use webhooks::Counts;
 
@@ -25,6 +30,7 @@ pub struct AppState {
 #[derive(Clone, Default)]
 pub struct Sources {
     pub zoom: Option<web::Data<Zoom>>,
+    pub generic: Option<web::Data<Generic>>,
 }
 
 /// Routes of the public listener.
@@ -32,7 +38,7 @@ pub fn public(cfg: &mut web::ServiceConfig, state: web::Data<AppState>, sources:
     cfg.app_data(state)
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .configure(|cfg| webhooks::configure(cfg, sources.zoom));
+        .configure(|cfg| webhooks::configure(cfg, sources));
 }
 
 /// Routes of the admin listener.

@@ -4,10 +4,10 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
-use super::{AppState, error::ApiError};
+use super::{AppState, Sources, error::ApiError};
 use crate::{
     record::{Delivery, now_ms},
-    sources::{Inbound, Source, zoom::Zoom},
+    sources::{Inbound, Source, generic::Generic, zoom::Zoom},
 };
 
 /// The body of every 200 that is not a handshake.
@@ -35,10 +35,14 @@ impl Answer {
 }
 
 /// Routes of the configured sources; an unconfigured source's route is absent (404).
-pub fn configure(cfg: &mut web::ServiceConfig, zoom: Option<web::Data<Zoom>>) {
-    if let Some(zoom) = zoom {
+pub fn configure(cfg: &mut web::ServiceConfig, sources: Sources) {
+    if let Some(zoom) = sources.zoom {
         cfg.app_data(zoom)
             .route("/webhooks/zoom", web::post().to(receive::<Zoom>));
+    }
+    if let Some(generic) = sources.generic {
+        cfg.app_data(generic)
+            .route("/webhooks/generic", web::post().to(receive::<Generic>));
     }
 }
 

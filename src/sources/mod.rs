@@ -1,6 +1,7 @@
 //! Event platforms. Each module authenticates its platform's deliveries and
 //! turns them into [`NewRecord`]s; nothing platform-specific goes further.
 
+pub mod generic;
 pub mod zoom;
 
 use actix_web::HttpRequest;
