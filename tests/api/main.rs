@@ -5,6 +5,7 @@ mod contract;
 mod demo;
 mod durability;
 mod forwarding;
+mod generic;
 mod helpers;
 mod oauth;
 mod operations;
