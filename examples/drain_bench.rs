@@ -52,6 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             interaction_ms: 1_767_261_600_000 + (n * PER_DELIVERY + i) as i64,
             properties: Default::default(),
             event: None,
+            sender_id: None,
         });
         let delivery = Delivery {
             source: "zoom",

@@ -17,6 +17,7 @@ use crate::{
     sources::{
         Fetch, Source,
         eventbrite::{self, Eventbrite, EventbriteApi},
+        generic::{Generic, GenericConfigError},
         zoom::Zoom,
     },
     store::{self, Store, StoreError},
@@ -35,6 +36,8 @@ pub enum StartupError {
     Setting(&'static str, String),
     #[error("invalid HubSpot credential settings: {0}")]
     Credential(#[from] CredentialConfigError),
+    #[error("invalid generic source settings: {0}")]
+    Generic(#[from] GenericConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -82,9 +85,13 @@ impl Application {
                     settings.eventbrite_external_account_id.clone(),
                 ))
             }),
+            generic: Generic::from_settings(&settings)?.map(web::Data::new),
         };
         if sources.zoom.is_some() {
             metrics.init_source(Zoom::NAME);
+        }
+        if sources.generic.is_some() {
+            metrics.init_source(Generic::NAME);
         }
         // Platforms whose deliveries the fetcher completes from their API.
         let mut platforms: Vec<Rc<dyn Fetch>> = Vec::new();

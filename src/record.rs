@@ -62,6 +62,9 @@ pub struct NewRecord {
     pub interaction_ms: i64,
     pub properties: BTreeMap<String, String>,
     pub event: Option<EventInfo>,
+    /// The sender's own id for the record, when the platform gives one; it is
+    /// then the record's identity (not kept in the store).
+    pub sender_id: Option<String>,
 }
 
 impl NewRecord {
@@ -70,9 +73,15 @@ impl NewRecord {
         self.vid.is_some() || !self.email.is_empty()
     }
 
-    /// Identity of the record across deliveries: equal platform, state, contact,
-    /// event, interaction time and properties mean the same record.
+    /// Identity of the record across deliveries: the sender's id within its
+    /// account where it gives one (so a resend with changed content is still
+    /// the same record); otherwise equal platform, state, contact, event,
+    /// interaction time and properties mean the same record.
     pub fn dedupe_key(&self, source: &str) -> [u8; 32] {
+        if let Some(sender_id) = &self.sender_id {
+            let identity = serde_json::json!([source, self.external_account_id, sender_id]);
+            return Sha256::digest(identity.to_string().as_bytes()).into();
+        }
         let identity = serde_json::json!([
             source,
             self.state,
@@ -142,5 +151,54 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("2021-07-13T23:44:51+02:00"), Some(ms));
         assert_eq!(format_utc(ms + 250), "2021-07-13T21:44:51.250Z");
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
+    }
+
+    fn record(sender_id: Option<&str>) -> NewRecord {
+        NewRecord {
+            state: State::Register,
+            email: "a@example.com".into(),
+            first_name: None,
+            last_name: None,
+            vid: None,
+            external_event_id: "evt".into(),
+            external_account_id: "acc".into(),
+            interaction_ms: 1_000,
+            properties: BTreeMap::new(),
+            event: None,
+            sender_id: sender_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_record_the_sender_identifies_keeps_its_identity_when_its_content_changes() {
+        let first = record(Some("r-1"));
+        let mut changed = record(Some("r-1"));
+        changed.state = State::Attend;
+        changed.interaction_ms = 2_000;
+        changed.properties.insert("joinedAt".into(), "x".into());
+        assert_eq!(first.dedupe_key("generic"), changed.dedupe_key("generic"));
+
+        let mut other_account = record(Some("r-1"));
+        other_account.external_account_id = "acc-2".into();
+        assert_ne!(
+            first.dedupe_key("generic"),
+            other_account.dedupe_key("generic")
+        );
+        assert_ne!(
+            first.dedupe_key("generic"),
+            record(Some("r-2")).dedupe_key("generic")
+        );
+        assert_ne!(first.dedupe_key("generic"), first.dedupe_key("zoom"));
+    }
+
+    #[test]
+    fn a_record_without_a_sender_id_is_identified_by_its_content() {
+        let mut changed = record(None);
+        changed.interaction_ms = 2_000;
+        assert_eq!(
+            record(None).dedupe_key("zoom"),
+            record(None).dedupe_key("zoom")
+        );
+        assert_ne!(record(None).dedupe_key("zoom"), changed.dedupe_key("zoom"));
     }
 }

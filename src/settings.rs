@@ -127,6 +127,34 @@ pub struct Settings {
     /// externalAccountId for Zoom records; unset means the payload's `account_id`.
     #[envconfig(from = "ZOOM_EXTERNAL_ACCOUNT_ID")]
     pub zoom_external_account_id: Option<String>,
+
+    /// HS256 secret for bearer tokens on the generic route. The route answers
+    /// 404 while neither a JWT key nor `GENERIC_WEBHOOK_SECRET` is set.
+    #[envconfig(from = "GENERIC_JWT_SECRET")]
+    pub generic_jwt_secret: Option<Secret>,
+
+    /// RSA (RS256) or P-256 (ES256) public key, PEM, for bearer tokens on the
+    /// generic route; the key's type fixes the algorithm. Not together with
+    /// `GENERIC_JWT_SECRET`. A plain string: a public key is no secret, and
+    /// seeing it in a `Debug` print tells which key is deployed.
+    #[envconfig(from = "GENERIC_JWT_PUBLIC_KEY_PEM")]
+    pub generic_jwt_public_key_pem: Option<String>,
+
+    /// Required `iss` of generic bearer tokens; unset means not checked.
+    #[envconfig(from = "GENERIC_JWT_ISSUER")]
+    pub generic_jwt_issuer: Option<String>,
+
+    /// Required `aud` of generic bearer tokens; unset means not checked.
+    #[envconfig(from = "GENERIC_JWT_AUDIENCE")]
+    pub generic_jwt_audience: Option<String>,
+
+    /// Standard Webhooks secret (`whsec_…`) for signed deliveries on the generic route.
+    #[envconfig(from = "GENERIC_WEBHOOK_SECRET")]
+    pub generic_webhook_secret: Option<Secret>,
+
+    /// externalAccountId for generic records that do not name one.
+    #[envconfig(from = "GENERIC_EXTERNAL_ACCOUNT_ID")]
+    pub generic_external_account_id: Option<String>,
 }
 
 impl Settings {
@@ -206,6 +234,8 @@ mod tests {
             ("HUBSPOT_ACCESS_TOKEN", "access-token-2"),
             ("HUBSPOT_CLIENT_SECRET", "client-secret-3"),
             ("HUBSPOT_REFRESH_TOKEN", "refresh-token-4"),
+            ("GENERIC_JWT_SECRET", "jwt-secret-5"),
+            ("GENERIC_WEBHOOK_SECRET", "whsec_c2VjcmV0LTY="),
         ];
         let env: HashMap<String, String> = secrets
             .iter()

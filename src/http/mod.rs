@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::{
     metrics::Metrics,
     record::now_ms,
-    sources::{eventbrite::Eventbrite, zoom::Zoom},
+    sources::{eventbrite::Eventbrite, generic::Generic, zoom::Zoom},
     store::Store,
 };
 use error::ApiError;
@@ -33,6 +33,7 @@ pub struct AppState {
 pub struct Sources {
     pub zoom: Option<web::Data<Zoom>>,
     pub eventbrite: Option<web::Data<Eventbrite>>,
+    pub generic: Option<web::Data<Generic>>,
 }
 
 /// Routes of the public listener.

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{AppState, Sources, error::ApiError};
 use crate::{
     record::{Delivery, now_ms},
-    sources::{Inbound, Rejection, Source, eventbrite::Eventbrite, zoom::Zoom},
+    sources::{Inbound, Rejection, Source, eventbrite::Eventbrite, generic::Generic, zoom::Zoom},
 };
 
 /// The body of every 200 that is not a handshake.
@@ -45,6 +45,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, sources: Sources) {
             "/webhooks/eventbrite/{token}",
             web::post().to(receive::<Eventbrite>),
         );
+    }
+    if let Some(generic) = sources.generic {
+        cfg.app_data(generic)
+            .route("/webhooks/generic", web::post().to(receive::<Generic>));
     }
 }
 

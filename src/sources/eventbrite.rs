@@ -356,6 +356,7 @@ fn records_of(action: Action, object: &Value, account: &str) -> Result<Vec<NewRe
                 first_name: attendee.profile.first_name.filter(|n| !n.is_empty()),
                 last_name: attendee.profile.last_name.filter(|n| !n.is_empty()),
                 vid: None,
+                sender_id: None,
                 external_event_id: event.to_owned(),
                 external_account_id: account.to_owned(),
                 interaction_ms,

@@ -2,6 +2,7 @@
 //! turns them into [`NewRecord`]s; nothing platform-specific goes further.
 
 pub mod eventbrite;
+pub mod generic;
 pub mod zoom;
 
 use actix_web::HttpRequest;

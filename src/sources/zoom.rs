@@ -201,6 +201,7 @@ impl Zoom {
             interaction_ms: 0,
             properties: BTreeMap::new(),
             event: Some(event_info(&object)),
+            sender_id: None,
         };
 
         match action {

@@ -458,6 +458,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
                 .map(|json| serde_json::from_str::<EventInfo>(&json))
                 .transpose()
                 .map_err(|e| text_err(12, e.to_string()))?,
+            sender_id: None,
         },
     })
 }

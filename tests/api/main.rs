@@ -6,6 +6,7 @@ mod demo;
 mod durability;
 mod eventbrite;
 mod forwarding;
+mod generic;
 mod helpers;
 mod oauth;
 mod operations;

@@ -21,6 +21,7 @@ fn record(email: &str, state: State, at: i64) -> NewRecord {
         interaction_ms: at,
         properties: BTreeMap::new(),
         event: None,
+        sender_id: None,
     }
 }
 

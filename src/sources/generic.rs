@@ -1,0 +1,641 @@
+//! Any other platform or script, in the gateway's own simple schema: one record
+//! or `{"records": [...]}`, authenticated by a JWT bearer token or a Standard
+//! Webhooks signature.
+
+use std::collections::BTreeMap;
+
+use actix_web::HttpRequest;
+use async_trait::async_trait;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, crypto::CryptoProvider, errors::ErrorKind};
+use serde_json::{Map, Value};
+use standardwebhooks::{
+    HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP, Webhook, WebhookError,
+};
+
+use super::{Inbound, Rejection, Source, normalize_email};
+use crate::{
+    record::{NewRecord, State, parse_rfc3339_ms},
+    settings::{Settings, configured},
+    store::Store,
+};
+
+/// Most records one delivery may carry.
+pub const MAX_RECORDS: usize = 1000;
+
+const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
+
+/// Why the generic source cannot start with the configured keys.
+#[derive(Debug, thiserror::Error)]
+pub enum GenericConfigError {
+    #[error(
+        "set GENERIC_JWT_SECRET or GENERIC_JWT_PUBLIC_KEY_PEM, not both: the key fixes the algorithm"
+    )]
+    TwoJwtKeys,
+    #[error("GENERIC_JWT_PUBLIC_KEY_PEM is not a usable RSA or P-256 public key in PEM form: {0}")]
+    PublicKey(String),
+    #[error("GENERIC_WEBHOOK_SECRET is not a Standard Webhooks secret (whsec_ and base64): {0}")]
+    WebhookSecret(String),
+    #[error("jsonwebtoken was built without a crypto backend")]
+    NoCryptoBackend,
+}
+
+/// How bearer tokens are checked.
+struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+pub struct Generic {
+    jwt: Option<Jwt>,
+    webhook: Option<Webhook>,
+    /// externalAccountId of records that do not name one.
+    external_account_id: Option<String>,
+}
+
+impl Generic {
+    /// The source as configured, or `None` when none of its keys is set (the
+    /// route is then absent). Every key is parsed here, so a malformed one
+    /// stops the start instead of refusing the first delivery.
+    pub fn from_settings(settings: &Settings) -> Result<Option<Self>, GenericConfigError> {
+        let text = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let public_key = text(&settings.generic_jwt_public_key_pem);
+        let key = match (configured(&settings.generic_jwt_secret), public_key) {
+            (Some(_), Some(_)) => return Err(GenericConfigError::TwoJwtKeys),
+            (Some(secret), None) => Some((
+                DecodingKey::from_secret(secret.expose().as_bytes())
+                    .expect("configured() leaves no empty secret"),
+                Algorithm::HS256,
+            )),
+            (None, Some(pem)) => Some(public_key_from_pem(&pem)?),
+            (None, None) => None,
+        };
+        let jwt = key.map(|(key, algorithm)| {
+            let mut validation = Validation::new(algorithm);
+            validation.set_required_spec_claims(&["exp"]);
+            validation.validate_nbf = true;
+            match text(&settings.generic_jwt_audience) {
+                Some(audience) => validation.set_audience(&[audience]),
+                // Otherwise jsonwebtoken refuses every token that carries an `aud`.
+                None => validation.validate_aud = false,
+            }
+            if let Some(issuer) = text(&settings.generic_jwt_issuer) {
+                validation.set_issuer(&[issuer]);
+            }
+            Jwt { key, validation }
+        });
+        let webhook = configured(&settings.generic_webhook_secret)
+            .map(|secret| webhook_from_secret(secret.expose()))
+            .transpose()?;
+        if jwt.is_none() && webhook.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            jwt,
+            webhook,
+            external_account_id: text(&settings.generic_external_account_id),
+        }))
+    }
+
+    fn verify_bearer(&self, authorization: &[u8]) -> Result<(), String> {
+        let Some(jwt) = &self.jwt else {
+            return Err("bearer tokens are not configured for this route".into());
+        };
+        let token = std::str::from_utf8(authorization)
+            .ok()
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or("the Authorization header is not a Bearer token")?;
+        jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &jwt.key, &jwt.validation)
+            .map(|_| ())
+            .map_err(|err| jwt_problem(err.kind(), &jwt.validation))
+    }
+
+    fn verify_signature(&self, request: &HttpRequest, body: &[u8]) -> Result<(), String> {
+        let Some(webhook) = &self.webhook else {
+            return Err("Standard Webhooks signatures are not configured for this route".into());
+        };
+        // standardwebhooks reads an `http` 1.x HeaderMap; actix-web's is 0.2.
+        let mut headers = http::HeaderMap::new();
+        for name in [
+            HEADER_WEBHOOK_ID,
+            HEADER_WEBHOOK_TIMESTAMP,
+            HEADER_WEBHOOK_SIGNATURE,
+        ] {
+            if let Some(value) = request.headers().get(name) {
+                let value = http::HeaderValue::from_bytes(value.as_bytes())
+                    .map_err(|_| format!("malformed {name} header"))?;
+                headers.insert(name, value);
+            }
+        }
+        webhook
+            .verify(body, &headers)
+            .map_err(|err| signature_problem(&err))
+    }
+}
+
+/// RS256 for an RSA key, ES256 for a P-256 key.
+fn public_key_from_pem(pem: &str) -> Result<(DecodingKey, Algorithm), GenericConfigError> {
+    let provider = CryptoProvider::try_get_default().ok_or(GenericConfigError::NoCryptoBackend)?;
+    let unusable =
+        |err: jsonwebtoken::errors::Error| GenericConfigError::PublicKey(err.to_string());
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
+        // The PEM only named the key type; parse the key itself now.
+        let der = key.try_get_as_bytes().map_err(unusable)?;
+        (provider.key_utils.rsa_pub_components_from_public_key)(der).map_err(unusable)?;
+        return Ok((key, Algorithm::RS256));
+    }
+    let key = DecodingKey::from_ec_pem(pem.as_bytes()).map_err(unusable)?;
+    // Building the verifier parses the point, which must lie on P-256.
+    (provider.verifier_factory)(&Algorithm::ES256, &key).map_err(unusable)?;
+    Ok((key, Algorithm::ES256))
+}
+
+fn webhook_from_secret(secret: &str) -> Result<Webhook, GenericConfigError> {
+    let invalid = |why: &str| Err(GenericConfigError::WebhookSecret(why.to_owned()));
+    let Some(encoded) = secret.trim().strip_prefix(WEBHOOK_SECRET_PREFIX) else {
+        return invalid("it does not start with whsec_");
+    };
+    if encoded.is_empty() {
+        return invalid("no key follows whsec_");
+    }
+    Webhook::new(encoded).or_else(|_| invalid("what follows whsec_ is not base64"))
+}
+
+/// What is wrong with a refused token, in words that never repeat the token.
+fn jwt_problem(kind: &ErrorKind, validation: &Validation) -> String {
+    let algorithm = validation.algorithms[0];
+    match kind {
+        ErrorKind::ExpiredSignature => "bearer token has expired".into(),
+        ErrorKind::ImmatureSignature => "bearer token is not valid yet (nbf)".into(),
+        ErrorKind::InvalidSignature => "bearer token signature does not match".into(),
+        ErrorKind::InvalidAudience => "bearer token is for another audience (aud)".into(),
+        ErrorKind::InvalidIssuer => "bearer token is from another issuer (iss)".into(),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            format!("bearer token lacks the required {claim} claim")
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            format!("bearer token has a malformed {claim} claim")
+        }
+        ErrorKind::InvalidAlgorithm => format!("bearer token is not signed with {algorithm:?}"),
+        _ => format!("bearer token is malformed or not signed with {algorithm:?}"),
+    }
+}
+
+fn signature_problem(err: &WebhookError) -> String {
+    match err {
+        WebhookError::MissingHeader(name) => format!("missing webhook-{name} header"),
+        WebhookError::InvalidHeader(name) => format!("malformed webhook-{name} header"),
+        WebhookError::InvalidTimestamp => "malformed webhook-timestamp header".into(),
+        WebhookError::TimestampTooOldError => "webhook-timestamp is more than 5 minutes old".into(),
+        WebhookError::FutureTimestampError => {
+            "webhook-timestamp is more than 5 minutes ahead".into()
+        }
+        WebhookError::InvalidSignature => "webhook-signature does not match".into(),
+        WebhookError::InvalidPayload => {
+            "webhook-signature cannot cover a body that is not UTF-8".into()
+        }
+        WebhookError::InvalidSecret(_) => "webhook-signature cannot be checked".into(),
+    }
+}
+
+#[async_trait(?Send)]
+impl Source for Generic {
+    const NAME: &'static str = "generic";
+
+    /// Either credential the request carries may prove it genuine; with neither
+    /// verifying, the answer names what was wrong with each.
+    fn authenticate(&self, request: &HttpRequest, body: &[u8]) -> Result<(), Rejection> {
+        let mut problems = Vec::new();
+        if let Some(authorization) = request
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+        {
+            match self.verify_bearer(authorization.as_bytes()) {
+                Ok(()) => return Ok(()),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        if request.headers().contains_key(HEADER_WEBHOOK_SIGNATURE) {
+            match self.verify_signature(request, body) {
+                Ok(()) => return Ok(()),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        if problems.is_empty() {
+            let mut expected = Vec::new();
+            if self.jwt.is_some() {
+                expected.push("an Authorization: Bearer token");
+            }
+            if self.webhook.is_some() {
+                expected.push("a webhook-signature");
+            }
+            problems.push(format!(
+                "missing credentials: expected {}",
+                expected.join(" or ")
+            ));
+        }
+        Err(Rejection::Unauthorized(problems.join("; ")))
+    }
+
+    async fn interpret(&self, body: &[u8], _store: &dyn Store) -> Result<Inbound, Rejection> {
+        self.map(body).map(Inbound::Records)
+    }
+}
+
+impl Generic {
+    /// Parses one record or a batch. Every refusal names the field, and in a
+    /// batch the record (`records[3].state: …`).
+    pub fn map(&self, body: &[u8]) -> Result<Vec<NewRecord>, Rejection> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|err| Rejection::Invalid(format!("body is not JSON: {err}")))?;
+        let Value::Object(object) = value else {
+            return Err(invalid(
+                "",
+                "body",
+                "expected a record or {\"records\": [...]}",
+            ));
+        };
+        let Some(batch) = object.get("records") else {
+            return Ok(vec![self.record(&object, "")?]);
+        };
+        let Value::Array(batch) = batch else {
+            return Err(invalid("", "records", "expected an array of records"));
+        };
+        if batch.is_empty() {
+            return Err(invalid("", "records", "expected at least one record"));
+        }
+        if batch.len() > MAX_RECORDS {
+            return Err(invalid(
+                "",
+                "records",
+                &format!(
+                    "{} records, at most {MAX_RECORDS} per delivery",
+                    batch.len()
+                ),
+            ));
+        }
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, record)| {
+                let at = format!("records[{i}].");
+                match record {
+                    Value::Object(record) => self.record(record, &at),
+                    _ => Err(Rejection::Invalid(format!(
+                        "records[{i}]: expected an object"
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    fn record(&self, fields: &Map<String, Value>, at: &str) -> Result<NewRecord, Rejection> {
+        let field = Fields { fields, at };
+        let sender_id = field.id("id")?.ok_or_else(|| field.missing("id"))?;
+        let external_event_id = field
+            .id("externalEventId")?
+            .ok_or_else(|| field.missing("externalEventId"))?;
+        let external_account_id = match field.id("externalAccountId")? {
+            Some(id) => id,
+            None => self.external_account_id.clone().ok_or_else(|| {
+                invalid(
+                    at,
+                    "externalAccountId",
+                    "missing, and GENERIC_EXTERNAL_ACCOUNT_ID is not set",
+                )
+            })?,
+        };
+        let state = field.text("state")?.ok_or_else(|| field.missing("state"))?;
+        let state = State::parse(&state)
+            .ok_or_else(|| invalid(at, "state", "expected register, attend or cancel"))?;
+        let email = field.text("email")?.map(|email| normalize_email(&email));
+        if email.as_ref().is_some_and(|email| !email.contains('@')) {
+            return Err(invalid(at, "email", "expected an email address"));
+        }
+        let vid = field.vid()?;
+        if email.is_none() && vid.is_none() {
+            return Err(invalid(at, "email", "missing: give email or vid (or both)"));
+        }
+        Ok(NewRecord {
+            state,
+            email: email.unwrap_or_default(),
+            first_name: field.text("firstName")?,
+            last_name: field.text("lastName")?,
+            vid,
+            external_event_id,
+            external_account_id,
+            interaction_ms: field.occurred_at()?,
+            properties: field.properties()?,
+            event: None,
+            sender_id: Some(sender_id),
+        })
+    }
+}
+
+fn invalid(at: &str, name: &str, why: &str) -> Rejection {
+    Rejection::Invalid(format!("{at}{name}: {why}"))
+}
+
+/// The fields of one record; `at` prefixes every problem with its place in a batch.
+struct Fields<'a> {
+    fields: &'a Map<String, Value>,
+    at: &'a str,
+}
+
+impl Fields<'_> {
+    /// A present, non-null field.
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.fields.get(name).filter(|value| !value.is_null())
+    }
+
+    fn invalid(&self, name: &str, why: &str) -> Rejection {
+        invalid(self.at, name, why)
+    }
+
+    fn missing(&self, name: &str) -> Rejection {
+        self.invalid(name, "missing")
+    }
+
+    /// A string; an empty one counts as absent.
+    fn text(&self, name: &str) -> Result<Option<String>, Rejection> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_owned()).filter(|s| !s.is_empty())),
+            Some(_) => Err(self.invalid(name, "expected a string")),
+        }
+    }
+
+    /// An identifier: a string, or an integer as many platforms send ids.
+    fn id(&self, name: &str) -> Result<Option<String>, Rejection> {
+        match self.get(name) {
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
+            None | Some(Value::String(_)) => self.text(name),
+            Some(_) => Err(self.invalid(name, "expected a string or an integer")),
+        }
+    }
+
+    /// HubSpot's contact id: an integer, or its decimal string.
+    fn vid(&self) -> Result<Option<i64>, Rejection> {
+        let vid = match self.get("vid") {
+            None => return Ok(None),
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) => s.trim().parse().ok(),
+            Some(_) => None,
+        };
+        vid.filter(|vid| *vid > 0).map(Some).ok_or_else(|| {
+            self.invalid("vid", "expected a HubSpot contact id (a positive integer)")
+        })
+    }
+
+    fn occurred_at(&self) -> Result<i64, Rejection> {
+        let expected = "expected an RFC 3339 timestamp or epoch milliseconds";
+        match self.get("occurredAt") {
+            None => Err(self.missing("occurredAt")),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| self.invalid("occurredAt", expected)),
+            Some(Value::String(s)) => {
+                parse_rfc3339_ms(s).ok_or_else(|| self.invalid("occurredAt", expected))
+            }
+            Some(_) => Err(self.invalid("occurredAt", expected)),
+        }
+    }
+
+    fn properties(&self) -> Result<BTreeMap<String, String>, Rejection> {
+        let Some(properties) = self.get("properties") else {
+            return Ok(BTreeMap::new());
+        };
+        let Value::Object(properties) = properties else {
+            return Err(self.invalid("properties", "expected an object of strings"));
+        };
+        properties
+            .iter()
+            .map(|(name, value)| match value {
+                Value::String(s) => Ok((name.clone(), s.clone())),
+                _ => Err(self.invalid(&format!("properties.{name}"), "expected a string")),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use envconfig::Envconfig;
+    use serde_json::json;
+
+    use super::*;
+
+    fn from_env(env: &[(&str, &str)]) -> Result<Option<Generic>, GenericConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Generic::from_settings(&Settings::init_from_hashmap(&env).unwrap())
+    }
+
+    fn generic() -> Generic {
+        from_env(&[
+            ("GENERIC_JWT_SECRET", "s3cret"),
+            ("GENERIC_EXTERNAL_ACCOUNT_ID", "default-account"),
+        ])
+        .unwrap()
+        .unwrap()
+    }
+
+    fn record() -> Value {
+        json!({
+            "id": "r-1", "externalEventId": "evt-1", "externalAccountId": "acc-1",
+            "state": "attend", "email": " Jane@Example.COM ", "occurredAt": "2026-01-01T10:00:00Z",
+            "firstName": "Jane", "lastName": "Doe",
+            "properties": {"joinedAt": "2026-01-01T10:00:00Z"}, "somethingElse": true
+        })
+    }
+
+    fn map(body: &Value) -> Result<Vec<NewRecord>, Rejection> {
+        generic().map(body.to_string().as_bytes())
+    }
+
+    fn refusal(body: &Value) -> String {
+        match map(body) {
+            Err(Rejection::Invalid(why)) => why,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_single_record_maps_every_field() {
+        let records = map(&record()).unwrap();
+        assert_eq!(
+            records,
+            vec![NewRecord {
+                state: State::Attend,
+                email: "jane@example.com".into(),
+                first_name: Some("Jane".into()),
+                last_name: Some("Doe".into()),
+                vid: None,
+                external_event_id: "evt-1".into(),
+                external_account_id: "acc-1".into(),
+                interaction_ms: 1_767_261_600_000,
+                properties: [("joinedAt".to_owned(), "2026-01-01T10:00:00Z".to_owned())].into(),
+                event: None,
+                sender_id: Some("r-1".into()),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_batch_maps_each_record_in_order() {
+        let mut second = record();
+        second["id"] = json!(2);
+        second["state"] = json!("cancel");
+        let records = map(&json!({"records": [record(), second]})).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].sender_id.as_deref(), Some("2"));
+        assert_eq!(records[1].state, State::Cancel);
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_1000_records() {
+        let full = vec![record(); MAX_RECORDS];
+        assert_eq!(map(&json!({ "records": full })).unwrap().len(), MAX_RECORDS);
+        let over = vec![record(); MAX_RECORDS + 1];
+        assert!(refusal(&json!({ "records": over })).contains("at most 1000"));
+        assert!(refusal(&json!({"records": []})).starts_with("records:"));
+        assert!(refusal(&json!({"records": {}})).starts_with("records:"));
+    }
+
+    #[test]
+    fn occurred_at_is_rfc_3339_or_epoch_milliseconds() {
+        let mut body = record();
+        body["occurredAt"] = json!("2026-01-01T11:00:00+01:00");
+        assert_eq!(map(&body).unwrap()[0].interaction_ms, 1_767_261_600_000);
+        body["occurredAt"] = json!(1_767_261_600_123_i64);
+        assert_eq!(map(&body).unwrap()[0].interaction_ms, 1_767_261_600_123);
+        for bad in [json!("yesterday"), json!(1.5), json!(true)] {
+            body["occurredAt"] = bad;
+            assert!(refusal(&body).starts_with("occurredAt: expected"));
+        }
+    }
+
+    #[test]
+    fn a_vid_without_an_email_skips_contact_resolution() {
+        let mut body = record();
+        body.as_object_mut().unwrap().remove("email");
+        body["vid"] = json!(1001);
+        let stored = &map(&body).unwrap()[0];
+        assert_eq!((stored.vid, stored.email.as_str()), (Some(1001), ""));
+        assert!(stored.is_mappable());
+        body["vid"] = json!("1002");
+        assert_eq!(map(&body).unwrap()[0].vid, Some(1002));
+    }
+
+    #[test]
+    fn the_configured_account_fills_in_a_missing_one() {
+        let mut body = record();
+        body.as_object_mut().unwrap().remove("externalAccountId");
+        assert_eq!(
+            map(&body).unwrap()[0].external_account_id,
+            "default-account"
+        );
+        let without_default = from_env(&[("GENERIC_JWT_SECRET", "s")]).unwrap().unwrap();
+        let Err(Rejection::Invalid(why)) = without_default.map(body.to_string().as_bytes()) else {
+            panic!("expected a 400");
+        };
+        assert!(why.contains("GENERIC_EXTERNAL_ACCOUNT_ID"), "{why}");
+    }
+
+    #[test]
+    fn every_missing_or_invalid_field_is_named_with_its_place_in_the_batch() {
+        let cases: [(&str, Value, &str); 12] = [
+            ("id", Value::Null, "id: missing"),
+            ("id", json!({}), "id: expected a string or an integer"),
+            ("externalEventId", Value::Null, "externalEventId: missing"),
+            ("state", Value::Null, "state: missing"),
+            (
+                "state",
+                json!("joined"),
+                "state: expected register, attend or cancel",
+            ),
+            (
+                "email",
+                json!("not-an-address"),
+                "email: expected an email address",
+            ),
+            ("email", json!(7), "email: expected a string"),
+            ("vid", json!(-1), "vid: expected a HubSpot contact id"),
+            ("occurredAt", Value::Null, "occurredAt: missing"),
+            ("firstName", json!(1), "firstName: expected a string"),
+            (
+                "properties",
+                json!([]),
+                "properties: expected an object of strings",
+            ),
+            (
+                "properties",
+                json!({"leftAt": 5}),
+                "properties.leftAt: expected a string",
+            ),
+        ];
+        for (field, value, expected) in cases {
+            let mut bad = record();
+            bad[field] = value;
+            assert!(
+                refusal(&bad).starts_with(expected),
+                "{field}: {}",
+                refusal(&bad)
+            );
+            let batch = json!({"records": [record(), record(), record(), bad]});
+            let why = refusal(&batch);
+            assert!(why.starts_with(&format!("records[3].{expected}")), "{why}");
+        }
+        let mut anonymous = record();
+        anonymous.as_object_mut().unwrap().remove("email");
+        assert!(refusal(&anonymous).contains("give email or vid"));
+        assert!(refusal(&json!({"records": [1]})).starts_with("records[0]: expected an object"));
+        assert!(
+            matches!(generic().map(b"not json"), Err(Rejection::Invalid(why)) if why.contains("not JSON"))
+        );
+        assert!(refusal(&json!([record()])).starts_with("body:"));
+    }
+
+    #[test]
+    fn keys_are_checked_at_start_up() {
+        assert!(from_env(&[]).unwrap().is_none());
+        assert!(
+            from_env(&[("GENERIC_JWT_SECRET", ""), ("GENERIC_WEBHOOK_SECRET", "")])
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            from_env(&[
+                ("GENERIC_JWT_SECRET", "s"),
+                ("GENERIC_JWT_PUBLIC_KEY_PEM", "x")
+            ]),
+            Err(GenericConfigError::TwoJwtKeys)
+        ));
+        assert!(matches!(
+            from_env(&[(
+                "GENERIC_JWT_PUBLIC_KEY_PEM",
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+            )]),
+            Err(GenericConfigError::PublicKey(_))
+        ));
+        for secret in ["c2VjcmV0", "whsec_", "whsec_not base64!"] {
+            assert!(
+                matches!(
+                    from_env(&[("GENERIC_WEBHOOK_SECRET", secret)]),
+                    Err(GenericConfigError::WebhookSecret(_))
+                ),
+                "{secret}"
+            );
+        }
+        assert!(
+            from_env(&[("GENERIC_WEBHOOK_SECRET", "whsec_c2VjcmV0")])
+                .unwrap()
+                .is_some()
+        );
+    }
+}
