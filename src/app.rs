@@ -212,27 +212,49 @@ impl Application {
             actix_web::rt::spawn(purge_settled(Arc::clone(&self.store), self.retention_ms));
         // Stopped mid-call, it leaves leased records that are sent again on
         // the next start: HubSpot's create is idempotent for them.
-        let forwarder = actix_web::rt::spawn(self.forwarder.run());
-        let fetcher = actix_web::rt::spawn(self.fetcher.run());
+        let mut forwarder = actix_web::rt::spawn(self.forwarder.run());
+        let mut fetcher = actix_web::rt::spawn(self.fetcher.run());
         // The servers run as their own task: they must keep being polled while
         // the stop below waits for them to drain.
         let mut servers =
             actix_web::rt::spawn(async move { tokio::try_join!(self.public, self.admin) });
-        let result = tokio::select! {
-            result = &mut servers => result,
-            () = stop => {
-                tracing::info!("shutting down: finishing requests in flight");
-                tokio::join!(public.stop(true), admin.stop(true));
-                servers.await
+        // The background tasks never return; one that does has panicked, and a
+        // gateway that stores but no longer forwards must exit to be restarted.
+        let failed = |task: &str, ended: Result<(), tokio::task::JoinError>| {
+            tracing::error!(task, error = ?ended.err(), "background task stopped; shutting down");
+            std::io::Error::other(format!("the {task} stopped"))
+        };
+        let (mut forwarder_running, mut fetcher_running) = (true, true);
+        let (drain, failure) = tokio::select! {
+            result = &mut servers => (false, result.map_or_else(|e| Some(std::io::Error::other(e)), |r| r.err())),
+            () = stop => (true, None),
+            ended = &mut forwarder => {
+                forwarder_running = false;
+                (true, Some(failed("forwarder", ended)))
+            }
+            ended = &mut fetcher => {
+                fetcher_running = false;
+                (true, Some(failed("fetcher", ended)))
             }
         };
-        let result = result
-            .unwrap_or_else(|err| Err(std::io::Error::other(err)))
-            .map(|_| ());
+        let mut result = failure.map_or(Ok(()), Err);
+        if drain {
+            tracing::info!("shutting down: finishing requests in flight");
+            tokio::join!(public.stop(true), admin.stop(true));
+            let drained = servers
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            result = result.and(drained.map(drop));
+        }
         janitor.abort();
-        forwarder.abort();
-        fetcher.abort();
-        let _ = tokio::join!(forwarder, fetcher);
+        // Awaited so they are gone before the store closes (a finished
+        // handle must not be polled again).
+        for (running, task) in [(forwarder_running, forwarder), (fetcher_running, fetcher)] {
+            if running {
+                task.abort();
+                let _ = task.await;
+            }
+        }
         self.store.close().await;
         tracing::info!("stopped");
         result

@@ -1,10 +1,16 @@
 //! The one place errors become HTTP answers: a status and a JSON body
 //! `{"error": code, "message": text}` that never carries internals.
 
-use actix_web::{HttpResponse, ResponseError, http::StatusCode};
+use actix_web::{
+    HttpResponse, ResponseError,
+    http::{StatusCode, header::RETRY_AFTER},
+};
 use serde_json::json;
 
 use crate::{sources::Rejection, store::StoreError};
+
+/// What a 503 suggests as the wait before retrying (seconds).
+const STORE_RETRY_AFTER_SECS: u64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -66,10 +72,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
         if let ApiError::Unavailable(cause) = self {
             tracing::error!(error = %cause, "store unavailable");
+            // Platforms retry 5xx on their own schedule; others may use the hint.
+            response.insert_header((RETRY_AFTER, STORE_RETRY_AFTER_SECS));
         }
-        HttpResponse::build(self.status_code())
-            .json(json!({ "error": self.code(), "message": self.to_string() }))
+        response.json(json!({ "error": self.code(), "message": self.to_string() }))
     }
 }
