@@ -23,6 +23,10 @@ pub enum StoreError {
     Commit(String),
     #[error("unsupported database url {0:?} (expected sqlite://path)")]
     UnsupportedUrl(String),
+    #[error(
+        "the database has schema version {0}, newer than this gateway's {1}: run a newer gateway"
+    )]
+    NewerSchema(i64, i64),
     #[error("cannot prepare the database directory: {0}")]
     Io(#[from] std::io::Error),
 }

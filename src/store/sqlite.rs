@@ -98,6 +98,40 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 "#;
 
+/// Version of [`SCHEMA`], kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 2;
+
+/// From the first release's schema, which left `user_version` at 0; [`SCHEMA`]
+/// then adds what is missing.
+const FROM_FIRST_RELEASE: &str = r#"
+ALTER TABLE deliveries ADD COLUMN status TEXT NOT NULL DEFAULT 'done';
+ALTER TABLE deliveries ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE deliveries ADD COLUMN next_attempt_ms INTEGER;
+ALTER TABLE deliveries ADD COLUMN last_error TEXT;
+ALTER TABLE records ADD COLUMN leased_until_ms INTEGER;
+DROP INDEX records_by_contact;
+"#;
+
+/// Brings the database to [`SCHEMA_VERSION`] in one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let populated: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records')",
+        [],
+        |row| row.get(0),
+    )?;
+    let tx = conn.transaction()?;
+    match (version, populated) {
+        (SCHEMA_VERSION, _) | (0, false) => {}
+        (0, true) => tx.execute_batch(FROM_FIRST_RELEASE)?,
+        (newer, _) => return Err(StoreError::NewerSchema(newer, SCHEMA_VERSION)),
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// Runs inside the group transaction (`None`: the transaction could not begin,
 /// so the job must not run); the returned reply learns whether it committed.
@@ -122,7 +156,7 @@ impl SqliteStore {
         {
             std::fs::create_dir_all(dir)?;
         }
-        let writer = Connection::open(path)?;
+        let mut writer = Connection::open(path)?;
         // FULL: every commit fsyncs the WAL, so an acknowledged webhook survives power loss.
         writer.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -131,7 +165,7 @@ impl SqliteStore {
              PRAGMA foreign_keys = ON;",
         )?;
         writer.busy_timeout(BUSY_TIMEOUT)?;
-        writer.execute_batch(SCHEMA)?;
+        migrate(&mut writer)?;
         // One process owns an SQLite store, so a lease left from before this
         // start belongs to a forwarder that died mid-call: due again now.
         writer.execute(

@@ -403,3 +403,81 @@ async fn concurrent_writes_share_commits_and_all_land() {
     assert_eq!(store.records(None, 1000).await.unwrap().len(), 500);
     store.close().await;
 }
+
+/// The schema the first release created (user_version 0), as a fixture.
+const FIRST_RELEASE_SCHEMA: &str = r#"
+CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY, source TEXT NOT NULL, dedupe_key BLOB NOT NULL,
+    received_ms INTEGER NOT NULL, body BLOB NOT NULL, UNIQUE (source, dedupe_key));
+CREATE TABLE records (
+    id INTEGER PRIMARY KEY, delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+    dedupe_key BLOB NOT NULL UNIQUE, source TEXT NOT NULL, state TEXT NOT NULL,
+    email TEXT NOT NULL, first_name TEXT, last_name TEXT, vid INTEGER,
+    external_event_id TEXT NOT NULL, external_account_id TEXT NOT NULL,
+    interaction_ms INTEGER NOT NULL, properties TEXT NOT NULL, event_info TEXT,
+    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_ms INTEGER NOT NULL,
+    last_error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE INDEX records_by_status ON records (status, next_attempt_ms);
+CREATE INDEX records_by_contact ON records (external_event_id, email);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"#;
+
+#[actix_web::test]
+async fn a_first_release_database_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    let old = record("kept@x.io", State::Register, 7);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(FIRST_RELEASE_SCHEMA).unwrap();
+        conn.execute(
+            "INSERT INTO deliveries (id, source, dedupe_key, received_ms, body) VALUES (1, 'zoom', x'01', 5, x'7b7d')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO records (delivery_id, dedupe_key, source, state, email, external_event_id,
+                 external_account_id, interaction_ms, properties, status, next_attempt_ms, created_ms, updated_ms)
+             VALUES (1, ?1, 'zoom', 'register', 'kept@x.io', 'evt', 'acc', 7, '{}', 'pending', 5, 5, 5)",
+            [&old.dedupe_key("zoom")[..]],
+        )
+        .unwrap();
+    }
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path.to_str().unwrap()).unwrap());
+    let due = store.due(now_ms(), 10).await.unwrap();
+    assert_eq!(
+        (due.len(), due[0].record.email.as_str()),
+        (1, "kept@x.io"),
+        "the pending record survives"
+    );
+    let again = store
+        .ingest(
+            delivery("new body", now_ms()),
+            vec![old, record("new@x.io", State::Attend, 8)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.fresh,
+        vec![false, true],
+        "its dedupe key still counts"
+    );
+    assert_eq!(
+        store
+            .claim(&[due[0].id], now_ms(), now_ms() + 1_000)
+            .await
+            .unwrap(),
+        vec![due[0].id]
+    );
+    store.close().await;
+
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    // Opening again is a no-op.
+    let reopened = SqliteStore::open(path.to_str().unwrap()).unwrap();
+    assert_eq!(reopened.records(None, 10).await.unwrap().len(), 2);
+    reopened.close().await;
+}
