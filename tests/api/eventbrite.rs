@@ -104,6 +104,20 @@ fn order(attendees: Vec<Value>) -> Value {
            "status": "placed", "attendees": attendees})
 }
 
+/// One purchase of two tickets: the order and each attendee, as Eventbrite
+/// serves them.
+async fn two_tickets() -> EventbriteMock {
+    let mock = EventbriteMock::start().await;
+    let (a, b) = (
+        attendee("1", "Ann@Example.com", "Attending"),
+        attendee("2", "bo@example.com", "Attending"),
+    );
+    mock.put("/v3/orders/900/", order(vec![a.clone(), b.clone()]));
+    mock.put("/v3/events/5551212/attendees/1/", a);
+    mock.put("/v3/events/5551212/attendees/2/", b);
+    mock
+}
+
 fn webhook(action: &str, api_url: &str) -> String {
     json!({
         "config": {"action": action, "user_id": "eb-org-42", "endpoint_url": "https://relay.example.com/webhooks/eventbrite/x", "webhook_id": "1990496"},
@@ -171,14 +185,7 @@ async fn the_test_action_is_acknowledged_and_a_wrong_token_is_a_404() {
 
 #[actix_web::test]
 async fn an_order_placed_registers_each_attendee_under_their_own_email() {
-    let mock = EventbriteMock::start().await;
-    mock.put(
-        "/v3/orders/900/",
-        order(vec![
-            attendee("1", "Ann@Example.com", "Attending"),
-            attendee("2", "bo@example.com", "Attending"),
-        ]),
-    );
+    let mock = two_tickets().await;
     let app = eventbrite_app(&mock).await;
     let (status, answer) = post(
         &app,
@@ -308,14 +315,7 @@ async fn updates_follow_the_state_eventbrite_shows_and_check_ins_are_attendance(
 
 #[actix_web::test]
 async fn a_refund_cancels_every_attendee_of_the_order() {
-    let mock = EventbriteMock::start().await;
-    mock.put(
-        "/v3/orders/900/",
-        order(vec![
-            attendee("1", "a@example.com", "Attending"),
-            attendee("2", "b@example.com", "Attending"),
-        ]),
-    );
+    let mock = two_tickets().await;
     let app = eventbrite_app(&mock).await;
     post(
         &app,
@@ -329,22 +329,7 @@ async fn a_refund_cancels_every_attendee_of_the_order() {
 
 #[actix_web::test]
 async fn one_purchases_burst_reaches_hubspot_once_per_attendee() {
-    let mock = EventbriteMock::start().await;
-    mock.put(
-        "/v3/orders/900/",
-        order(vec![
-            attendee("1", "a@example.com", "Attending"),
-            attendee("2", "b@example.com", "Attending"),
-        ]),
-    );
-    mock.put(
-        "/v3/events/5551212/attendees/1/",
-        attendee("1", "a@example.com", "Attending"),
-    );
-    mock.put(
-        "/v3/events/5551212/attendees/2/",
-        attendee("2", "b@example.com", "Attending"),
-    );
+    let mock = two_tickets().await;
     let hubspot = Simulator::start(Options::default()).await.unwrap();
     let app = spawn_forwarding_app(
         &hubspot,
