@@ -5,6 +5,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use serde_json::{Value, json};
+
 use attendance_relay::{
     hubspot::{
         Operation,
@@ -18,6 +20,7 @@ use crate::helpers::{Gateway, TestApp, metric, spawn_forwarding_app_in, wait_unt
 const CLIENT_ID: &str = "test-client-id";
 const CLIENT_SECRET: &str = "test-client-secret-5f1c";
 const REFRESH_TOKEN: &str = "test-refresh-token-9a7e";
+const GENERIC_SECRET: &str = "test-generic-jwt-secret";
 
 async fn hubspot(expires_in_secs: u64) -> Simulator {
     let oauth = OAuthOptions {
@@ -111,27 +114,50 @@ async fn the_token_is_fetched_once_stored_and_reused_after_a_restart() {
 
 #[actix_web::test]
 async fn a_token_near_expiry_is_refreshed_ahead_exactly_once_under_load() {
-    // 302 s to live and refreshed 300 s ahead: stale two seconds after issue.
-    let hubspot = hubspot(302).await;
-    let app = oauth_app(Arc::new(tempfile::tempdir().unwrap()), &hubspot).await;
+    // 304 s to live and refreshed 300 s ahead: stale four seconds after issue,
+    // which leaves the second wave four seconds on the new token.
+    let hubspot = hubspot(304).await;
+    let mut env = OAUTH_ENV.to_vec();
+    env.push(("GENERIC_JWT_SECRET", GENERIC_SECRET));
+    let app = spawn_forwarding_app_in(Arc::new(tempfile::tempdir().unwrap()), &hubspot, &env).await;
     deliver(&app, &hubspot, "0", "first@example.com").await;
     assert_eq!(hubspot.token_requests().len(), 1);
-    actix_web::rt::time::sleep(Duration::from_millis(2_100)).await;
+    actix_web::rt::time::sleep(Duration::from_millis(4_100)).await;
 
-    // Twenty webinars at once: twenty batches want the token together.
-    let joins = (0..20).map(|i| {
-        let (app, hubspot) = (&app, &hubspot);
-        async move {
-            let email = format!("p{i}@example.com");
-            hubspot.add_contact(&email);
-            let (status, _) = app
-                .post_zoom(&zoom_join(&format!("w{i}"), &email, "2026-01-01T10:00:00Z"))
-                .await;
-            assert_eq!(status.as_u16(), 200);
-        }
-    });
-    futures_util::future::join_all(joins).await;
-    wait_until("all joins reach HubSpot", 15, async || {
+    // Twenty webinars in one delivery, contact ids given: twenty create
+    // calls ask for the token at the same moment.
+    let records: Vec<Value> = (0..20)
+        .map(|i| {
+            let vid = hubspot.add_contact(&format!("p{i}@example.com"));
+            json!({"id": format!("r{i}"), "externalEventId": format!("w{i}"), "externalAccountId": "acc",
+                   "state": "attend", "vid": vid, "occurredAt": "2026-01-01T10:00:00Z"})
+        })
+        .collect();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(GENERIC_SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let body = json!({"records": records}).to_string();
+    let (status, answer) = app
+        .post(
+            "/webhooks/generic",
+            body.as_bytes(),
+            &[("authorization", format!("Bearer {jwt}"))],
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), &answer["accepted"]),
+        (200, &json!(20)),
+        "{answer}"
+    );
+    wait_until("all twenty reach HubSpot", 15, async || {
         hubspot.attendance().len() == 21
     })
     .await;
