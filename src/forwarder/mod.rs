@@ -192,23 +192,20 @@ impl Forwarder {
         }
         // A batch goes when it is full or its oldest record has lingered long enough.
         let linger = self.config.linger.as_millis() as i64;
+        let ready_at = |records: &[StoredRecord]| {
+            records
+                .iter()
+                .map(|r| r.next_attempt_ms)
+                .min()
+                .unwrap_or(now)
+                + linger
+        };
         let (ready, waiting): (Vec<_>, Vec<_>) = groups.into_iter().partition(|(_, records)| {
-            records.len() >= self.config.batch_size
-                || records
-                    .iter()
-                    .map(|r| r.next_attempt_ms)
-                    .min()
-                    .unwrap_or(now)
-                    + linger
-                    <= now
+            records.len() >= self.config.batch_size || ready_at(records) <= now
         });
         if ready.is_empty() {
-            let ready_at = waiting
-                .iter()
-                .filter_map(|(_, records)| records.iter().map(|r| r.next_attempt_ms).min())
-                .min()
-                .map(|oldest| oldest + linger);
-            return Ok(Round::Idle(ready_at));
+            let next = waiting.iter().map(|(_, records)| ready_at(records)).min();
+            return Ok(Round::Idle(next));
         }
 
         let ids: Vec<i64> = ready
