@@ -281,7 +281,15 @@ impl Forwarder {
             for stored in records {
                 let vid = match stored.record.vid {
                     Some(vid) => Ok(vid),
-                    None => resolved[&stored.record.email].clone(),
+                    None => resolved
+                        .get(&stored.record.email)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            Err(Fate::Retry {
+                                reason: "the contact look-up gave no answer for this email".into(),
+                                retry_after: None,
+                            })
+                        }),
                 };
                 match vid {
                     Ok(vid) => sendable.push((vid, stored)),
