@@ -101,6 +101,35 @@ impl Fault {
         self.delay = Some(delay);
         self
     }
+
+    /// The normal behaviour's answer, in the same shape as a fault.
+    fn reply((status, body): Reply) -> Self {
+        Fault {
+            status: status.as_u16(),
+            body,
+            headers: Vec::new(),
+            delay: None,
+        }
+    }
+
+    /// An invalid status is answered as 500.
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// Answers after its delay plus `latency`; `defaults` go first, so the
+    /// answer's own headers can override them.
+    async fn respond(self, defaults: Vec<(String, String)>, latency: Duration) -> HttpResponse {
+        let delay = self.delay.unwrap_or_default() + latency;
+        if !delay.is_zero() {
+            actix_web::rt::time::sleep(delay).await;
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        for header in defaults.into_iter().chain(self.headers) {
+            response.insert_header(header);
+        }
+        response.json(self.body)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -693,7 +722,7 @@ async fn serve(
         .and_then(|value| value.strip_prefix("Bearer "))
         .filter(|token| !token.trim().is_empty());
 
-    let (mut response, reply, delay) = {
+    let (answer, rate_headers, latency) = {
         let mut state = state.lock().expect("simulator state poisoned");
         let authorized = match (&state.oauth, bearer) {
             (_, None) => false,
@@ -709,36 +738,34 @@ async fn serve(
             .take_while(|call| at.duration_since(call.at) < RATE_WINDOW)
             .count();
         let limit = state.rate_limit;
-        let (status, reply, headers, delay) = if !authorized {
+        let answer = if !authorized {
             let reply = error_body(
                 "INVALID_AUTHENTICATION",
                 "Authentication credentials not found.",
             );
-            (StatusCode::UNAUTHORIZED, reply, Vec::new(), None)
+            Fault::reply((StatusCode::UNAUTHORIZED, reply))
         } else if let Some(fault) = state
             .faults
             .get_mut(&operation)
             .and_then(VecDeque::pop_front)
         {
-            let status =
-                StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, fault.body, fault.headers, fault.delay)
+            fault
         } else if in_window > limit as usize {
             state.rate_limited += 1;
             let reply = error_body(
                 "RATE_LIMITS",
                 "You have reached your ten_secondly_rolling limit.",
             );
-            (StatusCode::TOO_MANY_REQUESTS, reply, Vec::new(), None)
+            Fault::reply((StatusCode::TOO_MANY_REQUESTS, reply))
         } else {
-            let (status, reply) = match answer(&mut state, body.clone()) {
-                Ok(reply) | Err(reply) => reply,
-            };
-            (status, reply, Vec::new(), None)
+            match answer(&mut state, body.clone()) {
+                Ok(reply) | Err(reply) => Fault::reply(reply),
+            }
         };
+        let status = answer.status_code().as_u16();
         tracing::debug!(
             operation = operation.as_str(),
-            status = status.as_u16(),
+            status,
             "hubspot simulator answered"
         );
         state.calls.push(Call {
@@ -749,74 +776,49 @@ async fn serve(
                 .map_or_else(String::new, |pq| pq.as_str().to_owned()),
             body,
             authorization,
-            status: status.as_u16(),
+            status,
             at,
         });
-
-        let mut response = HttpResponse::build(status);
-        response
-            .insert_header(("X-HubSpot-RateLimit-Max", limit.to_string()))
-            .insert_header((
-                "X-HubSpot-RateLimit-Remaining",
+        let rate_headers = vec![
+            ("X-HubSpot-RateLimit-Max".to_owned(), limit.to_string()),
+            (
+                "X-HubSpot-RateLimit-Remaining".to_owned(),
                 (limit as usize).saturating_sub(in_window).to_string(),
-            ))
-            .insert_header(("X-HubSpot-RateLimit-Interval-Milliseconds", "10000"));
-        // After the defaults, so a fault can override a rate-limit header.
-        for header in headers {
-            response.insert_header(header);
-        }
-        let delay = delay.unwrap_or_default() + state.latency.unwrap_or_default();
-        (response, reply, delay)
+            ),
+            (
+                "X-HubSpot-RateLimit-Interval-Milliseconds".to_owned(),
+                "10000".to_owned(),
+            ),
+        ];
+        (answer, rate_headers, state.latency.unwrap_or_default())
     };
-    if !delay.is_zero() {
-        actix_web::rt::time::sleep(delay).await;
-    }
-    response.json(reply)
+    answer.respond(rate_headers, latency).await
 }
 
 /// `POST /oauth/2026-03/token`, form-encoded.
 async fn token(body: Bytes, state: web::Data<Mutex<State>>) -> HttpResponse {
     let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let (response, delay) = {
+    let (answer, latency) = {
         let mut state = state.lock().expect("simulator state poisoned");
-        let (status, reply, headers, delay) =
-            match (state.token_faults.pop_front(), &mut state.oauth) {
-                (Some(fault), _) => (
-                    StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    fault.body,
-                    fault.headers,
-                    fault.delay,
+        let answer = match (state.token_faults.pop_front(), &mut state.oauth) {
+            (Some(fault), _) => fault,
+            (None, Some(oauth)) => Fault::reply(oauth.refresh(&form)),
+            (None, None) => Fault::reply((
+                StatusCode::NOT_FOUND,
+                error_body(
+                    "OBJECT_NOT_FOUND",
+                    "this simulator was started without OAuth",
                 ),
-                (None, Some(oauth)) => {
-                    let (status, reply) = oauth.refresh(&form);
-                    (status, reply, Vec::new(), None)
-                }
-                (None, None) => {
-                    let reply = error_body(
-                        "OBJECT_NOT_FOUND",
-                        "this simulator was started without OAuth",
-                    );
-                    (StatusCode::NOT_FOUND, reply, Vec::new(), None)
-                }
-            };
+            )),
+        };
         state.token_requests.push(TokenRequest {
             form,
-            status: status.as_u16(),
+            status: answer.status_code().as_u16(),
             at: Instant::now(),
         });
-        let mut response = HttpResponse::build(status);
-        for header in headers {
-            response.insert_header(header);
-        }
-        (
-            response.json(reply),
-            delay.unwrap_or_default() + state.latency.unwrap_or_default(),
-        )
+        (answer, state.latency.unwrap_or_default())
     };
-    if !delay.is_zero() {
-        actix_web::rt::time::sleep(delay).await;
-    }
-    response
+    answer.respond(Vec::new(), latency).await
 }
 
 fn parse<T: DeserializeOwned>(body: Value) -> Result<T, Reply> {
