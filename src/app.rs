@@ -10,7 +10,7 @@ use crate::{
     fetcher::Fetcher,
     forwarder::{self, Forwarder},
     http::{self, AppState, Sources},
-    hubspot::{HubSpotClient, Operation},
+    hubspot::HubSpotClient,
     metrics::Metrics,
     record::now_ms,
     settings::{Settings, configured},
@@ -267,11 +267,6 @@ fn forwarder_from(
     metrics: Arc<Metrics>,
     wake: Arc<tokio::sync::Notify>,
 ) -> Result<Forwarder, CredentialConfigError> {
-    for operation in Operation::ALL {
-        metrics
-            .hubspot_request_duration
-            .with_label_values(&[operation.as_str()]);
-    }
     let hubspot = HubSpotClient::new(
         &settings.hubspot_base_url,
         token::from_settings(settings, Arc::clone(&store), Arc::clone(&metrics))?,

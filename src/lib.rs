@@ -14,6 +14,7 @@ pub mod forwarder;
 pub mod http;
 pub mod hubspot;
 pub mod metrics;
+pub mod outbound;
 pub mod record;
 pub mod retry;
 pub mod settings;

@@ -9,6 +9,7 @@ use prometheus::{
 };
 
 use crate::{
+    hubspot::Operation,
     record::State,
     store::{QueueStats, RecordStatus},
 };
@@ -190,6 +191,11 @@ impl Metrics {
                 .expect("valid metric"),
             ),
         };
+        for operation in Operation::ALL {
+            metrics
+                .hubspot_request_duration
+                .with_label_values(&[operation.as_str()]);
+        }
         for outcome in ["success", "refused", "error"] {
             metrics.token_refreshes.with_label_values(&[outcome]);
         }

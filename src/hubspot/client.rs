@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::{Operation, rate_limit::RateLimiter};
 use crate::{
     metrics::Metrics,
+    outbound,
     record::{EventInfo, State},
     token::{CredentialError, TokenSource},
 };
@@ -110,11 +111,8 @@ impl HubSpotClient {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        // awc's rustls connector needs a process-wide crypto provider; a second
-        // install (another client in the same process) is refused harmlessly.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
-            http: awc::Client::builder().timeout(timeout).finish(),
+            http: outbound::client(timeout, true),
             base: base_url.trim_end_matches('/').to_owned(),
             token,
             limiter: RateLimiter::new(limit_per_10s),

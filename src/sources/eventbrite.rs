@@ -20,6 +20,7 @@ use url::Url;
 
 use super::{Fetch, FetchError, Inbound, Rejection, Source, normalize_email};
 use crate::{
+    outbound,
     record::{NewRecord, State, now_ms, parse_rfc3339_ms},
     settings::Secret,
     store::Store,
@@ -193,13 +194,9 @@ impl EventbriteApi {
         api_base: Url,
         external_account_id: Option<String>,
     ) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
-            // A redirect could lead anywhere: only the URL checked is requested.
-            http: awc::Client::builder()
-                .timeout(FETCH_TIMEOUT)
-                .disable_redirects()
-                .finish(),
+            // Only the URL checked is requested: no redirects.
+            http: outbound::client(FETCH_TIMEOUT, false),
             api_token: api_token.filter(|t| !t.is_empty()),
             api_base,
             external_account_id: external_account_id.filter(|id| !id.is_empty()),

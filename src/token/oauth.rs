@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::{CredentialError, TokenSource};
 use crate::{
     metrics::Metrics,
+    outbound,
     record::now_ms,
     settings::Secret,
     store::{Store, StoredCredential},
@@ -55,14 +56,13 @@ impl OAuth {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             client_id: client_id.to_owned(),
             client_secret,
             origin: hex::encode(Sha256::digest(refresh_token.expose().as_bytes())),
             configured_refresh_token: refresh_token,
             token_url: token_url.to_owned(),
-            http: awc::Client::builder().timeout(TOKEN_TIMEOUT).finish(),
+            http: outbound::client(TOKEN_TIMEOUT, true),
             store,
             metrics,
             held: RefCell::new(None),
