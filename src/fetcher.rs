@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 
 use crate::{
     metrics::Metrics,
-    record::now_ms,
-    retry::backoff,
+    record::{NewRecord, now_ms},
+    retry::next_attempt,
     sources::{Fetch, FetchError},
     store::{DeferredDelivery, FetchOutcome, Store, StoreError},
 };
@@ -109,10 +109,7 @@ impl Fetcher {
         Ok(true)
     }
 
-    async fn fetch(
-        &self,
-        delivery: &DeferredDelivery,
-    ) -> Result<Vec<crate::record::NewRecord>, FetchError> {
+    async fn fetch(&self, delivery: &DeferredDelivery) -> Result<Vec<NewRecord>, FetchError> {
         let platform = self
             .platforms
             .iter()
@@ -126,7 +123,7 @@ impl Fetcher {
     fn outcome(
         &self,
         delivery: &DeferredDelivery,
-        result: &Result<Vec<crate::record::NewRecord>, FetchError>,
+        result: &Result<Vec<NewRecord>, FetchError>,
     ) -> (&'static str, FetchOutcome) {
         let now = now_ms();
         match result {
@@ -137,25 +134,23 @@ impl Fetcher {
                     reason: reason.clone(),
                 },
             ),
-            Err(FetchError::Retry(reason)) => {
-                let age =
-                    Duration::from_millis(u64::try_from(now - delivery.received_ms).unwrap_or(0));
-                if age >= self.max_age {
-                    let reason = format!(
-                        "still not fetched after {}s (RELAY_MAX_RECORD_AGE_SECS): {reason}",
-                        age.as_secs()
-                    );
-                    return ("failed", FetchOutcome::Failed { reason });
-                }
-                let at_ms = now + backoff(delivery.attempts + 1).as_millis() as i64;
-                (
+            Err(FetchError::Retry(reason)) => match next_attempt(
+                now,
+                delivery.received_ms,
+                delivery.attempts + 1,
+                None,
+                self.max_age,
+                reason,
+            ) {
+                Ok(at_ms) => (
                     "retry",
                     FetchOutcome::Retry {
                         at_ms,
                         error: reason.clone(),
                     },
-                )
-            }
+                ),
+                Err(reason) => ("failed", FetchOutcome::Failed { reason }),
+            },
         }
     }
 }

@@ -16,6 +16,29 @@ pub fn backoff(attempts: i64) -> Duration {
     full.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
+/// After a failure worth retrying: `Ok` with when to try next (epoch ms), or
+/// `Err` with the reason to give up once what failed, received at
+/// `since_ms`, is older than `max_age` (`RELAY_MAX_RECORD_AGE_SECS`).
+/// `attempts` counts the one that just failed.
+pub fn next_attempt(
+    now_ms: i64,
+    since_ms: i64,
+    attempts: i64,
+    retry_after: Option<Duration>,
+    max_age: Duration,
+    reason: &str,
+) -> Result<i64, String> {
+    let age = Duration::from_millis(u64::try_from(now_ms - since_ms).unwrap_or(0));
+    if age >= max_age {
+        return Err(format!(
+            "gave up after {}s (RELAY_MAX_RECORD_AGE_SECS): {reason}",
+            age.as_secs()
+        ));
+    }
+    let wait = backoff(attempts).max(retry_after.unwrap_or_default());
+    Ok(now_ms + wait.as_millis() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,5 +55,16 @@ mod tests {
                 "attempt {attempts}: {wait:?}"
             );
         }
+    }
+
+    #[test]
+    fn retries_wait_for_retry_after_and_stop_at_the_maximum_age() {
+        let hour = Duration::from_secs(3600);
+        let at = next_attempt(10_000, 0, 1, Some(Duration::from_secs(30)), hour, "503").unwrap();
+        assert_eq!(at, 40_000, "Retry-After beats the first backoff");
+        let at = next_attempt(10_000, 0, 1, None, hour, "503").unwrap();
+        assert!((10_500..=11_000).contains(&at));
+        let given_up = next_attempt(3_600_000, 0, 9, None, hour, "503").unwrap_err();
+        assert!(given_up.contains("RELAY_MAX_RECORD_AGE_SECS") && given_up.ends_with("503"));
     }
 }

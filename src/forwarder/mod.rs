@@ -20,7 +20,7 @@ use crate::{
     hubspot::{CallError, CreateOutcome, HubSpotClient, Subscriber, named_inputs},
     metrics::Metrics,
     record::{State, now_ms},
-    retry::backoff,
+    retry::next_attempt,
     store::{Settlement, Store, StoreError, StoredRecord},
 };
 use contacts::{Contacts, Wanted};
@@ -475,23 +475,20 @@ impl Forwarder {
             Fate::Retry {
                 reason,
                 retry_after,
-            } => {
-                let age =
-                    Duration::from_millis(u64::try_from(now - stored.created_ms).unwrap_or(0));
-                if age >= self.config.max_record_age {
-                    return Settlement::Dead {
-                        reason: format!(
-                            "still undelivered after {}s (RELAY_MAX_RECORD_AGE_SECS): {reason}",
-                            age.as_secs()
-                        ),
-                    };
-                }
-                let wait = backoff(stored.attempts).max(retry_after.unwrap_or_default());
-                Settlement::Retry {
-                    at_ms: now + wait.as_millis() as i64,
+            } => match next_attempt(
+                now,
+                stored.created_ms,
+                stored.attempts,
+                retry_after,
+                self.config.max_record_age,
+                &reason,
+            ) {
+                Ok(at_ms) => Settlement::Retry {
+                    at_ms,
                     error: reason,
-                }
-            }
+                },
+                Err(reason) => Settlement::Dead { reason },
+            },
         }
     }
 
