@@ -99,7 +99,7 @@ impl Fetcher {
                 if let FetchOutcome::Failed { reason } = &outcome {
                     tracing::warn!(delivery = delivery.id, source = %delivery.source, %reason, "fetch gave up");
                 }
-                let stored = self.store.settle_delivery(delivery.id, outcome).await?;
+                let stored = self.store.settle_delivery(&delivery, outcome).await?;
                 stored_records |= stored.accepted() > 0;
             }
         }

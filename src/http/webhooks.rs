@@ -96,13 +96,14 @@ async fn ingest<S: Source>(
         .map_err(|err| ApiError::Invalid(format!("cannot read the body: {err}")))?;
     source.authenticate(request, &body)?;
     let interpreted = match source.interpret(&body, state.store.as_ref()).await {
-        Err(Rejection::Unfetchable(why)) => {
+        Err(refused @ Rejection::Unfetchable(_)) => {
+            // Counted apart from other invalid bodies: a URL never requested.
             state
                 .metrics
                 .fetches
                 .with_label_values(&[S::NAME, "refused"])
                 .inc();
-            return Err(ApiError::Invalid(why));
+            return Err(refused.into());
         }
         other => other?,
     };

@@ -230,7 +230,7 @@ pub trait Store: Send + Sync {
     /// records (deduplicated as at ingest) in the same commit.
     async fn settle_delivery(
         &self,
-        id: i64,
+        delivery: &DeferredDelivery,
         outcome: FetchOutcome,
     ) -> Result<IngestOutcome, StoreError>;
 

@@ -425,14 +425,12 @@ fn insert_records(
 fn settle_fetch(
     conn: &Connection,
     id: i64,
+    source: &str,
     outcome: &FetchOutcome,
 ) -> Result<IngestOutcome, StoreError> {
     let (status, next_attempt, error) = match outcome {
         FetchOutcome::Resolved(records) => {
-            let source: String = conn
-                .prepare_cached("SELECT source FROM deliveries WHERE id = ?1")?
-                .query_row(params![id], |row| row.get(0))?;
-            let fresh = insert_records(conn, id, &source, now_ms(), records)?;
+            let fresh = insert_records(conn, id, source, now_ms(), records)?;
             conn.prepare_cached(
                 "UPDATE deliveries SET status = 'done', attempts = attempts + 1, last_error = NULL
                  WHERE id = ?1",
@@ -699,10 +697,11 @@ impl Store for SqliteStore {
 
     async fn settle_delivery(
         &self,
-        id: i64,
+        delivery: &DeferredDelivery,
         outcome: FetchOutcome,
     ) -> Result<IngestOutcome, StoreError> {
-        self.write(move |conn| settle_fetch(conn, id, &outcome))
+        let (id, source) = (delivery.id, delivery.source.clone());
+        self.write(move |conn| settle_fetch(conn, id, &source, &outcome))
             .await
     }
 

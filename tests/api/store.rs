@@ -307,13 +307,13 @@ async fn deferred_suite(store: Arc<dyn Store>) {
         (due[0].body.as_slice(), due[0].attempts),
         (pointer.body.as_slice(), 0)
     );
-    let (first, second) = (due[0].id, due[1].id);
+    let (first, second) = (due[0].clone(), due[1].clone());
 
     let retried = FetchOutcome::Retry {
         at_ms: now + 5_000,
         error: "Eventbrite answered 503".into(),
     };
-    store.settle_delivery(first, retried).await.unwrap();
+    store.settle_delivery(&first, retried).await.unwrap();
     let due: Vec<i64> = store
         .due_deliveries(now, 10)
         .await
@@ -321,10 +321,10 @@ async fn deferred_suite(store: Arc<dyn Store>) {
         .iter()
         .map(|d| d.id)
         .collect();
-    assert_eq!(due, vec![second]);
+    assert_eq!(due, vec![second.id]);
     let later = store.due_deliveries(now + 5_000, 10).await.unwrap();
     assert_eq!(
-        later.iter().find(|d| d.id == first).map(|d| d.attempts),
+        later.iter().find(|d| d.id == first.id).map(|d| d.attempts),
         Some(1)
     );
 
@@ -334,13 +334,13 @@ async fn deferred_suite(store: Arc<dyn Store>) {
         record("z@x.io", State::Register, 9),
     ];
     let outcome = store
-        .settle_delivery(first, FetchOutcome::Resolved(records))
+        .settle_delivery(&first, FetchOutcome::Resolved(records))
         .await
         .unwrap();
     assert_eq!(outcome.fresh, vec![true, false]);
     store
         .settle_delivery(
-            second,
+            &second,
             FetchOutcome::Failed {
                 reason: "gone".into(),
             },
