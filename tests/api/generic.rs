@@ -115,6 +115,11 @@ fn bearer(token: &str) -> Headers {
     vec![("authorization", format!("Bearer {token}"))]
 }
 
+/// A valid HS256 token with the configured issuer and audience.
+fn valid_bearer() -> Headers {
+    bearer(&hs256(&claims(300), JWT_SECRET))
+}
+
 /// The three Standard Webhooks headers, signed with `secret` at `timestamp`.
 fn signed(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Headers {
     let signature = Webhook::new(secret)
@@ -147,13 +152,7 @@ async fn assert_refused(app: &TestApp, body: &[u8], headers: &[(&str, String)], 
 async fn a_valid_hs256_token_stores_the_record_as_sent() {
     let app = generic_app(&[]).await;
     let body = record("r-1", "Jane@Example.com").to_string();
-    let (status, answer) = app
-        .post(
-            ROUTE,
-            body.as_bytes(),
-            &bearer(&hs256(&claims(300), JWT_SECRET)),
-        )
-        .await;
+    let (status, answer) = app.post(ROUTE, body.as_bytes(), &valid_bearer()).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(
         answer,
@@ -282,13 +281,7 @@ async fn refused_tokens_get_401_naming_the_problem_and_nothing_is_stored() {
 async fn without_a_configured_audience_a_token_naming_one_is_accepted() {
     let app = generic_app(&[]).await;
     let body = record("r-1", "a@example.com").to_string();
-    let (status, answer) = app
-        .post(
-            ROUTE,
-            body.as_bytes(),
-            &bearer(&hs256(&claims(300), JWT_SECRET)),
-        )
-        .await;
+    let (status, answer) = app.post(ROUTE, body.as_bytes(), &valid_bearer()).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
 
@@ -390,7 +383,7 @@ async fn standard_webhooks_signatures_are_checked_rotation_included() {
 #[actix_web::test]
 async fn a_batch_is_stored_once_and_a_resent_id_is_a_duplicate_even_when_changed() {
     let app = generic_app(&[]).await;
-    let auth = bearer(&hs256(&claims(300), JWT_SECRET));
+    let auth = valid_bearer();
     let batch = json!({"records": [
         record("r-1", "a@example.com"), record("r-2", "b@example.com"), record("r-3", "c@example.com"),
     ]})
@@ -430,13 +423,7 @@ async fn a_record_with_a_vid_and_no_email_is_stored_with_that_vid() {
         "occurredAt": 1_767_261_600_000_i64
     })
     .to_string();
-    let (status, answer) = app
-        .post(
-            ROUTE,
-            body.as_bytes(),
-            &bearer(&hs256(&claims(300), JWT_SECRET)),
-        )
-        .await;
+    let (status, answer) = app.post(ROUTE, body.as_bytes(), &valid_bearer()).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let records = app.records().await;
     let stored = &records[0];
@@ -455,7 +442,7 @@ async fn a_record_with_a_vid_and_no_email_is_stored_with_that_vid() {
 #[actix_web::test]
 async fn a_bad_field_gets_a_400_naming_it_and_its_record() {
     let app = generic_app(&[]).await;
-    let auth = bearer(&hs256(&claims(300), JWT_SECRET));
+    let auth = valid_bearer();
     let mut bad = record("r-2", "b@example.com");
     bad["state"] = json!("joined");
     let batch = json!({"records": [record("r-1", "a@example.com"), bad]}).to_string();
