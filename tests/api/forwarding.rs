@@ -259,7 +259,9 @@ async fn server_errors_rate_limits_and_timeouts_are_retried_until_delivered() {
     hubspot.fail_next(Operation::AttendanceCreate, Fault::status(503));
     hubspot.fail_next(
         Operation::AttendanceCreate,
-        Fault::status(429).with_header("Retry-After", "1"),
+        // Longer than the second attempt's backoff (at most 2 s), so only
+        // honouring it explains the wait.
+        Fault::status(429).with_header("Retry-After", "3"),
     );
     hubspot.fail_next(
         Operation::AttendanceCreate,
@@ -277,7 +279,7 @@ async fn server_errors_rate_limits_and_timeouts_are_retried_until_delivered() {
     let creates = creates(&hubspot);
     assert_eq!(creates.len(), 4);
     assert!(
-        creates[2].at >= creates[1].at + Duration::from_secs(1),
+        creates[2].at >= creates[1].at + Duration::from_secs(3),
         "Retry-After honoured"
     );
     let metrics = app.metrics().await;
