@@ -169,7 +169,9 @@ impl SqliteStore {
         // One process owns an SQLite store, so a lease left from before this
         // start belongs to a forwarder that died mid-call: due again now.
         writer.execute(
-            "UPDATE records SET leased_until_ms = NULL WHERE leased_until_ms IS NOT NULL",
+            // Only pending records carry leases; the status index finds them.
+            "UPDATE records SET leased_until_ms = NULL
+             WHERE status = 'pending' AND leased_until_ms IS NOT NULL",
             [],
         )?;
 
