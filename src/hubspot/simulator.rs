@@ -185,11 +185,11 @@ impl Simulator {
                 .app_data(data.clone())
                 .route(
                     "/crm/v3/objects/contacts/batch/read",
-                    web::post().to(contacts_read),
+                    endpoint(Operation::ContactsRead, State::contacts_read),
                 )
                 .route(
                     "/crm/v3/objects/contacts/batch/upsert",
-                    web::post().to(contacts_upsert),
+                    endpoint(Operation::ContactsUpsert, State::contacts_upsert),
                 )
                 .route(
                     "/marketing/marketing-events/2026-03/attendance/{externalEventId}/{subscriberState}/create",
@@ -197,7 +197,7 @@ impl Simulator {
                 )
                 .route(
                     "/marketing/marketing-events/2026-03/events/upsert",
-                    web::post().to(events_upsert),
+                    endpoint(Operation::EventsUpsert, State::events_upsert),
                 )
                 .route("/oauth/2026-03/token", web::post().to(token))
         })
@@ -631,34 +631,16 @@ impl State {
     }
 }
 
-async fn contacts_read(
-    req: HttpRequest,
-    body: Bytes,
-    state: web::Data<Mutex<State>>,
-) -> HttpResponse {
-    serve(
-        &state,
-        Operation::ContactsRead,
-        &req,
-        &body,
-        State::contacts_read,
+/// A route whose answer depends on the body alone.
+fn endpoint(
+    operation: Operation,
+    answer: fn(&mut State, Value) -> Result<Reply, Reply>,
+) -> actix_web::Route {
+    web::post().to(
+        move |req: HttpRequest, body: Bytes, state: web::Data<Mutex<State>>| async move {
+            serve(&state, operation, &req, &body, answer).await
+        },
     )
-    .await
-}
-
-async fn contacts_upsert(
-    req: HttpRequest,
-    body: Bytes,
-    state: web::Data<Mutex<State>>,
-) -> HttpResponse {
-    serve(
-        &state,
-        Operation::ContactsUpsert,
-        &req,
-        &body,
-        State::contacts_upsert,
-    )
-    .await
 }
 
 #[derive(Deserialize)]
@@ -682,21 +664,6 @@ async fn attendance_create(
         &req,
         &body,
         |state, body| state.attendance_create(&account, &event, &subscriber_state, body),
-    )
-    .await
-}
-
-async fn events_upsert(
-    req: HttpRequest,
-    body: Bytes,
-    state: web::Data<Mutex<State>>,
-) -> HttpResponse {
-    serve(
-        &state,
-        Operation::EventsUpsert,
-        &req,
-        &body,
-        State::events_upsert,
     )
     .await
 }
