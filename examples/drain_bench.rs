@@ -1,9 +1,10 @@
-//! Drain benchmark (run by `bench/drain.sh`): 10,000 stored records of one
-//! webinar forwarded by the real gateway to the HubSpot simulator. Reports the
-//! create and look-up calls, the mean batch size, and how much of the rate
-//! limit's budget the drain used.
+//! Drain benchmark (run by `bench/drain.sh`): stored records of one or many
+//! webinars, interleaved as concurrent webinars' joins arrive, forwarded by
+//! the real gateway to the HubSpot simulator. Reports the create and look-up
+//! calls, the mean batch size, and how much of the rate limit's budget the
+//! drain used.
 //!
-//! Usage: drain_bench [records=10000] [limit per 10 s=100] [simulated HubSpot latency ms=20]
+//! Usage: drain_bench [records=10000] [limit per 10 s=100] [simulated HubSpot latency ms=20] [webinars=1]
 
 use std::{collections::HashMap, collections::HashSet, time::Duration};
 
@@ -18,7 +19,6 @@ use attendance_relay::{
     store::{SqliteStore, Store},
 };
 use envconfig::Envconfig;
-use sha2::{Digest, Sha256};
 
 const PER_DELIVERY: usize = 100;
 
@@ -31,6 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(default)
     };
     let (records, limit, latency_ms) = (arg(1, 10_000) as usize, arg(2, 100) as u32, arg(3, 20));
+    let webinars = arg(4, 1).max(1) as usize;
     let dir = std::env::temp_dir().join(format!("attendance-relay-drain-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("relay.db");
@@ -41,22 +42,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| format!("attendee{i}@example.com"))
         .collect();
     for (n, chunk) in emails.chunks(PER_DELIVERY).enumerate() {
-        let batch = chunk.iter().enumerate().map(|(i, email)| NewRecord {
-            state: State::Attend,
-            email: email.clone(),
-            first_name: None,
-            last_name: None,
-            vid: None,
-            external_event_id: "86012345678".into(),
-            external_account_id: "bench-account".into(),
-            interaction_ms: 1_767_261_600_000 + (n * PER_DELIVERY + i) as i64,
-            properties: Default::default(),
-            event: None,
-            sender_id: None,
+        let batch = chunk.iter().enumerate().map(|(i, email)| {
+            let k = n * PER_DELIVERY + i;
+            NewRecord {
+                state: State::Attend,
+                email: email.clone(),
+                first_name: None,
+                last_name: None,
+                vid: None,
+                // Consecutive joins belong to different webinars.
+                external_event_id: format!("8601234{:04}", k % webinars),
+                external_account_id: "bench-account".into(),
+                interaction_ms: 1_767_261_600_000 + k as i64,
+                properties: Default::default(),
+                event: None,
+                sender_id: None,
+                participant: None,
+                closes_session: false,
+            }
         });
         let delivery = Delivery {
             source: "zoom",
-            key: Sha256::digest(n.to_string()).into(),
             body: Vec::new(),
             received_ms: now_ms(),
             deferred: false,
@@ -114,7 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let delivered: HashSet<i64> = hubspot.attendance().iter().map(|a| a.vid).collect();
 
-    println!("records stored          {records}");
+    println!("records stored          {records} over {webinars} webinar(s)");
     println!(
         "delivered (distinct)    {}  (attendance rows {})",
         delivered.len(),

@@ -27,6 +27,9 @@ use crate::{
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: u64 = 30;
 const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// Rows one purge commit removes: small enough that ingest's commits never
+/// wait long behind it.
+const PURGE_CHUNK: u64 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -96,7 +99,7 @@ impl Application {
         // Platforms whose deliveries the fetcher completes from their API.
         let mut platforms: Vec<Rc<dyn Fetch>> = Vec::new();
         if sources.eventbrite.is_some() {
-            metrics.init_source(Eventbrite::NAME);
+            metrics.init_fetching_source(Eventbrite::NAME);
             platforms.push(Rc::new(EventbriteApi::new(
                 settings.eventbrite_api_token.clone(),
                 eventbrite_api,
@@ -123,6 +126,9 @@ impl Application {
             store: Arc::clone(&store),
             metrics,
             max_body_bytes: settings.max_body_bytes,
+            in_flight: tokio::sync::Semaphore::new(
+                (settings.max_inflight_bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            ),
             forwarder_wake,
             fetcher_wake,
         });
@@ -288,10 +294,24 @@ async fn purge_settled(store: Arc<dyn Store>, retention_ms: i64) {
     let mut every = tokio::time::interval(PURGE_EVERY);
     loop {
         every.tick().await;
-        match store.purge_settled(now_ms() - retention_ms).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "purged settled records past retention"),
-            Err(err) => tracing::warn!(error = %err, "purge of settled records failed"),
+        let cutoff = now_ms() - retention_ms;
+        let mut removed = 0;
+        loop {
+            match store.purge_settled(cutoff, PURGE_CHUNK).await {
+                Ok(n) => {
+                    removed += n;
+                    if n < PURGE_CHUNK {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "purge of settled records failed");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "purged settled records past retention");
         }
     }
 }

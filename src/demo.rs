@@ -129,7 +129,7 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
             "   {:<8} {:<26} at {}  {}",
             attended.state,
             email_of.get(&attended.vid).copied().unwrap_or("?"),
-            format_utc(attended.interaction_ms),
+            format_utc(attended.interaction_ms).unwrap_or_default(),
             serde_json::to_string(&attended.properties)?,
         );
     }

@@ -10,14 +10,16 @@ use tokio::sync::Notify;
 
 use crate::{
     metrics::Metrics,
-    record::{NewRecord, now_ms},
-    retry::next_attempt,
-    sources::{Fetch, FetchError},
+    record::now_ms,
+    retry,
+    sources::{Fetch, FetchError, Fetched},
     store::{DeferredDelivery, FetchOutcome, Store, StoreError},
 };
 
 /// Deliveries one round takes.
-const ROUND: i64 = 50;
+const ROUND: usize = 50;
+/// How long a claimed delivery stays with this fetcher (a fetch times out long before).
+const LEASE: Duration = Duration::from_secs(120);
 /// Retries come due without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -70,7 +72,7 @@ impl Fetcher {
 
     /// One pass over the due deliveries; false when there were none.
     async fn round(&self) -> Result<bool, StoreError> {
-        let due = self.store.due_deliveries(now_ms(), ROUND).await?;
+        let due = self.store.claim_deliveries(ROUND, LEASE).await?;
         if due.is_empty() {
             return Ok(false);
         }
@@ -96,7 +98,12 @@ impl Fetcher {
                     .fetches
                     .with_label_values(&[delivery.source.as_str(), label])
                     .inc();
-                if let FetchOutcome::Failed { reason } = &outcome {
+                if let FetchOutcome::Failed { reason }
+                | FetchOutcome::Resolved {
+                    problem: Some(reason),
+                    ..
+                } = &outcome
+                {
                     tracing::warn!(delivery = delivery.id, source = %delivery.source, %reason, "fetch gave up");
                 }
                 let stored = self.store.settle_delivery(&delivery, outcome).await?;
@@ -109,7 +116,7 @@ impl Fetcher {
         Ok(true)
     }
 
-    async fn fetch(&self, delivery: &DeferredDelivery) -> Result<Vec<NewRecord>, FetchError> {
+    async fn fetch(&self, delivery: &DeferredDelivery) -> Result<Fetched, FetchError> {
         let platform = self
             .platforms
             .iter()
@@ -123,34 +130,38 @@ impl Fetcher {
     fn outcome(
         &self,
         delivery: &DeferredDelivery,
-        result: &Result<Vec<NewRecord>, FetchError>,
+        result: &Result<Fetched, FetchError>,
     ) -> (&'static str, FetchOutcome) {
-        let now = now_ms();
         match result {
-            Ok(records) => ("resolved", FetchOutcome::Resolved(records.clone())),
+            Ok(fetched) => (
+                if fetched.problem.is_some() {
+                    "failed"
+                } else {
+                    "resolved"
+                },
+                FetchOutcome::Resolved {
+                    records: fetched.records.clone(),
+                    problem: fetched.problem.clone(),
+                },
+            ),
             Err(FetchError::Failed(reason)) => (
                 "failed",
                 FetchOutcome::Failed {
                     reason: reason.clone(),
                 },
             ),
-            Err(FetchError::Retry(reason)) => match next_attempt(
-                now,
-                delivery.received_ms,
-                delivery.attempts + 1,
-                None,
-                self.max_age,
-                reason,
-            ) {
-                Ok(at_ms) => (
-                    "retry",
-                    FetchOutcome::Retry {
-                        at_ms,
-                        error: reason.clone(),
-                    },
-                ),
-                Err(reason) => ("failed", FetchOutcome::Failed { reason }),
-            },
+            Err(FetchError::Retry(reason)) => {
+                match retry::give_up(now_ms(), delivery.received_ms, self.max_age, reason) {
+                    Some(reason) => ("failed", FetchOutcome::Failed { reason }),
+                    None => (
+                        "retry",
+                        FetchOutcome::Retry {
+                            delay: retry::delay(delivery.attempts, None),
+                            error: reason.clone(),
+                        },
+                    ),
+                }
+            }
         }
     }
 }

@@ -25,6 +25,9 @@ pub const WEBHOOK_OUTCOMES: [&str; 7] = [
     "unavailable",
 ];
 
+/// Every `outcome` label of `relay_fetches_total`.
+pub const FETCH_OUTCOMES: [&str; 4] = ["resolved", "retry", "failed", "refused"];
+
 /// Every `outcome` label of `relay_records_total`.
 pub const RECORD_OUTCOMES: [&str; 3] = ["delivered", "dead_lettered", "unmappable"];
 
@@ -217,16 +220,19 @@ impl Metrics {
         self.ingest_duration.with_label_values(&[source]);
     }
 
+    /// The same for a source whose deliveries are fetched.
+    pub fn init_fetching_source(&self, source: &str) {
+        self.init_source(source);
+        for outcome in FETCH_OUTCOMES {
+            self.fetches.with_label_values(&[source, outcome]);
+        }
+    }
+
     pub fn observe_queue(&self, stats: &QueueStats, now_ms: i64) {
         for status in RecordStatus::ALL {
-            let count = stats
-                .by_status
-                .iter()
-                .find(|(s, _)| *s == status)
-                .map_or(0, |(_, n)| *n);
             self.queue_records
                 .with_label_values(&[status.as_str()])
-                .set(count);
+                .set(stats.count(status));
         }
         let age_ms = stats
             .oldest_pending_ms

@@ -45,6 +45,14 @@ pub struct EventInfo {
     pub end: Option<String>,
 }
 
+/// Records of one `create` path: same account, event and state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey {
+    pub external_account_id: String,
+    pub external_event_id: String,
+    pub state: State,
+}
+
 /// One attendance fact, ready to store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewRecord {
@@ -65,9 +73,23 @@ pub struct NewRecord {
     /// The sender's own id for the record, when the platform gives one; it is
     /// then the record's identity (not kept in the store).
     pub sender_id: Option<String>,
+    /// The platform's id for a participant it sent no email for, so two
+    /// guests are two records (kept for inspection).
+    pub participant: Option<String>,
+    /// A leave: the store gives it the time of the open join it closes
+    /// (`joinedAt` and the interaction time), where it has that join.
+    pub closes_session: bool,
 }
 
 impl NewRecord {
+    pub fn group(&self) -> GroupKey {
+        GroupKey {
+            external_account_id: self.external_account_id.clone(),
+            external_event_id: self.external_event_id.clone(),
+            state: self.state,
+        }
+    }
+
     /// A record needs an email or a contact id to reach a HubSpot contact.
     pub fn is_mappable(&self) -> bool {
         self.vid.is_some() || !self.email.is_empty()
@@ -82,7 +104,7 @@ impl NewRecord {
             let identity = serde_json::json!([source, self.external_account_id, sender_id]);
             return Sha256::digest(identity.to_string().as_bytes()).into();
         }
-        let identity = serde_json::json!([
+        let mut identity = serde_json::json!([
             source,
             self.state,
             self.email,
@@ -92,6 +114,10 @@ impl NewRecord {
             self.interaction_ms,
             self.properties,
         ]);
+        // Only where there is one, so records stored before keep their keys.
+        if let (Some(participant), Some(fields)) = (&self.participant, identity.as_array_mut()) {
+            fields.push(participant.as_str().into());
+        }
         Sha256::digest(identity.to_string().as_bytes()).into()
     }
 }
@@ -100,8 +126,6 @@ impl NewRecord {
 #[derive(Clone, Debug)]
 pub struct Delivery {
     pub source: &'static str,
-    /// Identity of the delivery: the same key again is a duplicate delivery.
-    pub key: [u8; 32],
     pub body: Vec<u8>,
     pub received_ms: i64,
     /// Its records are still to be fetched from the platform's API.
@@ -115,11 +139,16 @@ pub fn now_ms() -> i64 {
     now.as_millis() as i64
 }
 
+/// Lower-cased, trimmed email; HubSpot matches contacts case-insensitively.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
 /// ISO 8601 UTC with second precision (`2026-01-01T10:00:00Z`), as HubSpot
 /// properties carry it; sub-second parts are kept when the platform sent them.
-pub fn format_utc(ms: i64) -> String {
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+/// `None` for an instant outside the years 0 to 9999.
+pub fn format_utc(ms: i64) -> Option<String> {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
     if ms % 1000 == 0 {
         at.format(time::macros::format_description!(
             "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
@@ -129,7 +158,7 @@ pub fn format_utc(ms: i64) -> String {
             "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
         ))
     }
-    .unwrap_or_default()
+    .ok()
 }
 
 /// Parses an RFC 3339 timestamp to epoch milliseconds.
@@ -147,9 +176,10 @@ mod tests {
     fn timestamps_round_trip_in_utc() {
         let ms = parse_rfc3339_ms("2021-07-13T21:44:51Z").unwrap();
         assert_eq!(ms, 1_626_212_691_000);
-        assert_eq!(format_utc(ms), "2021-07-13T21:44:51Z");
+        assert_eq!(format_utc(ms).unwrap(), "2021-07-13T21:44:51Z");
         assert_eq!(parse_rfc3339_ms("2021-07-13T23:44:51+02:00"), Some(ms));
-        assert_eq!(format_utc(ms + 250), "2021-07-13T21:44:51.250Z");
+        assert_eq!(format_utc(ms + 250).unwrap(), "2021-07-13T21:44:51.250Z");
+        assert_eq!(format_utc(i64::MAX), None, "never a made-up 1970");
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
     }
 
@@ -166,6 +196,8 @@ mod tests {
             properties: BTreeMap::new(),
             event: None,
             sender_id: sender_id.map(str::to_owned),
+            participant: None,
+            closes_session: false,
         }
     }
 
@@ -200,5 +232,11 @@ mod tests {
             record(None).dedupe_key("zoom")
         );
         assert_ne!(record(None).dedupe_key("zoom"), changed.dedupe_key("zoom"));
+        let (mut guest, mut other_guest) = (record(None), record(None));
+        guest.email.clear();
+        other_guest.email.clear();
+        guest.participant = Some("guest-1".into());
+        other_guest.participant = Some("guest-2".into());
+        assert_ne!(guest.dedupe_key("zoom"), other_guest.dedupe_key("zoom"));
     }
 }

@@ -16,27 +16,22 @@ pub fn backoff(attempts: i64) -> Duration {
     full.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// After a failure worth retrying: `Ok` with when to try next (epoch ms), or
-/// `Err` with the reason to give up once what failed, received at
-/// `since_ms`, is older than `max_age` (`RELAY_MAX_RECORD_AGE_SECS`).
-/// `attempts` counts the one that just failed.
-pub fn next_attempt(
-    now_ms: i64,
-    since_ms: i64,
-    attempts: i64,
-    retry_after: Option<Duration>,
-    max_age: Duration,
-    reason: &str,
-) -> Result<i64, String> {
+/// The wait before the next try, after `failures` failures in a row: the
+/// backoff, or longer when the other side asked for it (`Retry-After`).
+pub fn delay(failures: i64, retry_after: Option<Duration>) -> Duration {
+    backoff(failures).max(retry_after.unwrap_or_default())
+}
+
+/// The reason to stop retrying what arrived at `since_ms` and failed with
+/// `reason`, once it is older than `max_age` (`RELAY_MAX_RECORD_AGE_SECS`).
+pub fn give_up(now_ms: i64, since_ms: i64, max_age: Duration, reason: &str) -> Option<String> {
     let age = Duration::from_millis(u64::try_from(now_ms - since_ms).unwrap_or(0));
-    if age >= max_age {
-        return Err(format!(
+    (age >= max_age).then(|| {
+        format!(
             "gave up after {}s (RELAY_MAX_RECORD_AGE_SECS): {reason}",
             age.as_secs()
-        ));
-    }
-    let wait = backoff(attempts).max(retry_after.unwrap_or_default());
-    Ok(now_ms + wait.as_millis() as i64)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -60,11 +55,11 @@ mod tests {
     #[test]
     fn retries_wait_for_retry_after_and_stop_at_the_maximum_age() {
         let hour = Duration::from_secs(3600);
-        let at = next_attempt(10_000, 0, 1, Some(Duration::from_secs(30)), hour, "503").unwrap();
-        assert_eq!(at, 40_000, "Retry-After beats the first backoff");
-        let at = next_attempt(10_000, 0, 1, None, hour, "503").unwrap();
-        assert!((10_500..=11_000).contains(&at));
-        let given_up = next_attempt(3_600_000, 0, 9, None, hour, "503").unwrap_err();
+        assert_eq!(delay(1, Some(Duration::from_secs(30))), Duration::from_secs(30));
+        let first = delay(1, None);
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+        assert_eq!(give_up(10_000, 0, hour, "503"), None);
+        let given_up = give_up(3_600_000, 0, hour, "503").unwrap();
         assert!(given_up.contains("RELAY_MAX_RECORD_AGE_SECS") && given_up.ends_with("503"));
     }
 }

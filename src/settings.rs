@@ -24,6 +24,11 @@ pub struct Settings {
     #[envconfig(from = "RELAY_MAX_BODY_BYTES", default = "262144")]
     pub max_body_bytes: usize,
 
+    /// Request bodies held in memory at once (being read or waiting for the
+    /// store); past it new deliveries get 503 with Retry-After.
+    #[envconfig(from = "RELAY_MAX_INFLIGHT_BYTES", default = "67108864")]
+    pub max_inflight_bytes: usize,
+
     /// Settled records and dedupe keys are kept this long (seconds).
     #[envconfig(from = "RELAY_RETENTION_SECS", default = "604800")]
     pub retention_secs: u64,

@@ -1,13 +1,15 @@
 //! Email → HubSpot contact id, through batch reads (and batch upserts for
 //! contacts HubSpot does not have yet), remembered so each contact is looked
-//! up once per process.
+//! up once per process. A read or upsert HubSpot refuses as a whole is
+//! narrowed down to the contacts it objects to, as `create` calls are.
 
 use std::{cell::RefCell, collections::HashMap};
 
-use futures_util::future::join_all;
-
-use super::Fate;
-use crate::hubspot::{CallError, ContactInput, HubSpotClient};
+use super::{
+    Fate,
+    isolate::{Named, Piece, isolate},
+};
+use crate::hubspot::{CallError, ContactInput, HubSpotClient, named_inputs};
 
 /// HubSpot's batch limit for contact reads and upserts.
 const LOOKUP_BATCH: usize = 100;
@@ -15,6 +17,7 @@ const LOOKUP_BATCH: usize = 100;
 const CACHE_MAX: usize = 100_000;
 
 /// A contact the forwarder needs an id for.
+#[derive(Clone, Copy)]
 pub struct Wanted<'a> {
     pub email: &'a str,
     pub first_name: Option<&'a str>,
@@ -26,6 +29,17 @@ pub struct Contacts {
     known: RefCell<HashMap<String, i64>>,
 }
 
+/// Per email: its contact id, or what becomes of its records.
+pub type Resolved = HashMap<String, Result<i64, Fate>>;
+
+fn emails(chunk: &[Wanted<'_>]) -> Vec<String> {
+    chunk.iter().map(|c| c.email.to_owned()).collect()
+}
+
+fn named_contacts(_status: u16, body: &serde_json::Value, chunk: &[Wanted<'_>]) -> Named {
+    Named::Inputs(named_inputs(body, &emails(chunk)))
+}
+
 impl Contacts {
     /// An id per wanted email, or what should happen to its records.
     /// `Err` when HubSpot refuses the credential: nothing can proceed.
@@ -34,9 +48,9 @@ impl Contacts {
         hubspot: &HubSpotClient,
         wanted: &[Wanted<'_>],
         create_missing: bool,
-    ) -> Result<HashMap<String, Result<i64, Fate>>, String> {
-        let mut resolved: HashMap<String, Result<i64, Fate>> = HashMap::new();
-        let mut unknown: Vec<&Wanted> = Vec::new();
+    ) -> Result<Resolved, String> {
+        let mut resolved = Resolved::new();
+        let mut unknown: Vec<Wanted> = Vec::new();
         for contact in wanted {
             if resolved.contains_key(contact.email)
                 || unknown.iter().any(|u| u.email == contact.email)
@@ -47,86 +61,79 @@ impl Contacts {
                 Some(id) => {
                     resolved.insert(contact.email.to_owned(), Ok(*id));
                 }
-                None => unknown.push(contact),
+                None => unknown.push(*contact),
             }
         }
 
-        // All look-ups at once: the rate limiter, not latency, sets the pace.
-        let lookups = unknown.chunks(LOOKUP_BATCH).map(|chunk| async move {
-            let emails: Vec<String> = chunk.iter().map(|c| c.email.to_owned()).collect();
-            (chunk, hubspot.read_contacts(&emails).await)
-        });
-        let mut absent: Vec<&Wanted> = Vec::new();
-        for (chunk, answer) in join_all(lookups).await {
-            match answer {
-                Ok(found) => {
-                    self.remember(&found);
-                    for contact in chunk {
-                        match found.get(contact.email) {
-                            Some(id) => {
-                                resolved.insert(contact.email.to_owned(), Ok(*id));
+        let mut absent: Vec<Wanted> = Vec::new();
+        for chunk in unknown.chunks(LOOKUP_BATCH) {
+            let pieces = isolate(
+                chunk.to_vec(),
+                async |part: &[Wanted<'_>]| {
+                    hubspot.read_contacts(&emails(part)).await
+                },
+                named_contacts,
+            )
+            .await;
+            for Piece { items, answer } in pieces {
+                match answer {
+                    Ok(found) => {
+                        self.remember(&found);
+                        for contact in items {
+                            match found.get(contact.email) {
+                                Some(id) => {
+                                    resolved.insert(contact.email.to_owned(), Ok(*id));
+                                }
+                                None => absent.push(contact),
                             }
-                            None => absent.push(contact),
                         }
                     }
+                    Err(err) => settle_all(&mut resolved, &items, refused(err, "look up"))?,
                 }
-                Err(err) => settle_all(&mut resolved, chunk, Fate::from(err))?,
             }
         }
 
         if !create_missing {
-            for contact in absent {
-                resolved.insert(
-                    contact.email.to_owned(),
-                    Err(Fate::Dead(
-                        "no HubSpot contact has this email and RELAY_CREATE_CONTACTS=false".into(),
-                    )),
-                );
-            }
+            let fate = Fate::Dead(
+                "no HubSpot contact has this email and RELAY_CREATE_CONTACTS=false".into(),
+            );
+            settle_all(&mut resolved, &absent, fate)?;
             return Ok(resolved);
         }
-        // A batch HubSpot refuses as a whole (one malformed email) is split
-        // until the contact it objects to stands alone.
-        let mut queue: Vec<&[&Wanted]> = absent.chunks(LOOKUP_BATCH).collect();
-        while let Some(chunk) = queue.pop() {
-            let inputs: Vec<ContactInput> = chunk
-                .iter()
-                .map(|c| ContactInput {
-                    email: c.email,
-                    first_name: c.first_name,
-                    last_name: c.last_name,
-                })
-                .collect();
-            match hubspot.upsert_contacts(&inputs).await {
-                Ok(created) => {
-                    self.remember(&created);
-                    for contact in chunk {
-                        let outcome =
-                            created
-                                .get(contact.email)
-                                .copied()
-                                .ok_or_else(|| Fate::Retry {
+        for chunk in absent.chunks(LOOKUP_BATCH) {
+            let pieces = isolate(
+                chunk.to_vec(),
+                async |part: &[Wanted<'_>]| {
+                    let inputs: Vec<ContactInput> = part
+                        .iter()
+                        .map(|c| ContactInput {
+                            email: c.email,
+                            first_name: c.first_name,
+                            last_name: c.last_name,
+                        })
+                        .collect();
+                    hubspot.upsert_contacts(&inputs).await
+                },
+                named_contacts,
+            )
+            .await;
+            for Piece { items, answer } in pieces {
+                match answer {
+                    Ok(created) => {
+                        self.remember(&created);
+                        for contact in items {
+                            let outcome = created.get(contact.email).copied().ok_or_else(|| {
+                                Fate::Retry {
                                     reason: "HubSpot's contact upsert did not return this contact"
                                         .into(),
                                     retry_after: None,
-                                });
-                        resolved.insert(contact.email.to_owned(), outcome);
+                                }
+                            });
+                            resolved.insert(contact.email.to_owned(), outcome);
+                        }
                     }
+                    Err(err) => settle_all(&mut resolved, &items, refused(err, "create"))?,
                 }
-                Err(CallError::Rejected { .. }) if chunk.len() > 1 => {
-                    let (left, right) = chunk.split_at(chunk.len() / 2);
-                    queue.extend([left, right]);
-                }
-                Err(CallError::Rejected {
-                    status, message, ..
-                }) => settle_all(
-                    &mut resolved,
-                    chunk,
-                    Fate::Dead(format!(
-                        "HubSpot refused to create the contact ({status}): {message}"
-                    )),
-                )?,
-                Err(err) => settle_all(&mut resolved, chunk, Fate::from(err))?,
             }
         }
         Ok(resolved)
@@ -146,11 +153,19 @@ impl Contacts {
     }
 }
 
-fn settle_all(
-    resolved: &mut HashMap<String, Result<i64, Fate>>,
-    contacts: &[&Wanted],
-    fate: Fate,
-) -> Result<(), String> {
+/// A refusal narrowed down to these contacts is theirs for good.
+fn refused(err: CallError, what: &str) -> Fate {
+    match err {
+        CallError::Rejected {
+            status, message, ..
+        } => Fate::Dead(format!(
+            "HubSpot refused to {what} the contact ({status}): {message}"
+        )),
+        other => Fate::from(other),
+    }
+}
+
+fn settle_all(resolved: &mut Resolved, contacts: &[Wanted], fate: Fate) -> Result<(), String> {
     if let Fate::Paused(reason) = fate {
         return Err(reason);
     }

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// Never a 4xx: platforms retry only 5xx and network failures.
     #[error("the store cannot take the write now; retry later")]
     Unavailable(#[source] StoreError),
+    /// More deliveries are in flight than memory is set aside for.
+    #[error("too many deliveries in flight; retry later")]
+    Busy,
 }
 
 impl ApiError {
@@ -34,7 +37,7 @@ impl ApiError {
             ApiError::Unauthorized(_) | ApiError::NotFound => "unauthorized",
             ApiError::Invalid(_) => "invalid",
             ApiError::TooLarge(_) => "too_large",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Busy => "unavailable",
         }
     }
 
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid_request",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::Unavailable(_) => "store_unavailable",
+            ApiError::Busy => "busy",
         }
     }
 }
@@ -55,7 +59,6 @@ impl From<Rejection> for ApiError {
             Rejection::Unauthorized(why) => ApiError::Unauthorized(why),
             Rejection::UnknownRoute => ApiError::NotFound,
             Rejection::Invalid(why) | Rejection::Unfetchable(why) => ApiError::Invalid(why),
-            Rejection::Store(err) => ApiError::Unavailable(err),
         }
     }
 }
@@ -67,7 +70,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -75,6 +78,8 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::Unavailable(cause) = self {
             tracing::error!(error = %cause, "store unavailable");
+        }
+        if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             // Platforms retry 5xx on their own schedule; others may use the hint.
             response.insert_header((RETRY_AFTER, STORE_RETRY_AFTER_SECS));
         }

@@ -22,6 +22,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// Room for request bodies held in memory, in KiB (`RELAY_MAX_INFLIGHT_BYTES`).
+    pub in_flight: tokio::sync::Semaphore,
     /// Tells the forwarder that new records are waiting.
     pub forwarder_wake: Arc<tokio::sync::Notify>,
     /// Tells the fetcher that a deferred delivery is waiting.
@@ -55,8 +57,14 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+/// Alive while the store can work: a dead writer means a restart.
+async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    if state.store.alive() {
+        HttpResponse::Ok().json(json!({ "status": "ok" }))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "dead", "reason": "the store's writer stopped" }))
+    }
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {

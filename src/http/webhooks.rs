@@ -1,14 +1,18 @@
 //! The webhook routes: one pipeline (read, authenticate, interpret, store,
 //! answer) shared by every source, timed and counted per source.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_LENGTH, web};
 use serde::Serialize;
+use tokio::sync::SemaphorePermit;
 
 use super::{AppState, Sources, error::ApiError};
 use crate::{
     record::{Delivery, now_ms},
     sources::{Inbound, Rejection, Source, eventbrite::Eventbrite, generic::Generic, zoom::Zoom},
 };
+
+/// The in-flight budget counts in KiB: a body costs at least one.
+const BUDGET_UNIT: usize = 1024;
 
 /// The body of every 200 that is not a handshake.
 #[derive(Debug, Default, Serialize)]
@@ -83,19 +87,40 @@ async fn receive<S: Source>(
     })
 }
 
+/// Reserves room for the body in the in-flight budget before reading it, so
+/// a flood cannot hold more than `RELAY_MAX_INFLIGHT_BYTES` in memory.
+fn reserve<'a>(request: &HttpRequest, state: &'a AppState) -> Result<SemaphorePermit<'a>, ApiError> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|len| len > state.max_body_bytes) {
+        return Err(ApiError::TooLarge(state.max_body_bytes));
+    }
+    // A body of unknown length may grow to the limit.
+    let bytes = declared.unwrap_or(state.max_body_bytes);
+    let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
+    state
+        .in_flight
+        .try_acquire_many(units)
+        .map_err(|_| ApiError::Busy)
+}
+
 async fn ingest<S: Source>(
     request: &HttpRequest,
     body: web::Payload,
     source: &S,
     state: &AppState,
 ) -> Result<Answer, ApiError> {
+    let _room = reserve(request, state)?;
     let body = body
         .to_bytes_limited(state.max_body_bytes)
         .await
         .map_err(|_| ApiError::TooLarge(state.max_body_bytes))?
         .map_err(|err| ApiError::Invalid(format!("cannot read the body: {err}")))?;
     source.authenticate(request, &body)?;
-    let interpreted = match source.interpret(&body, state.store.as_ref()).await {
+    let interpreted = match source.interpret(&body) {
         Err(refused @ Rejection::Unfetchable(_)) => {
             // Counted apart from other invalid bodies: a URL never requested.
             state
@@ -124,7 +149,6 @@ async fn ingest<S: Source>(
         .collect();
     let delivery = Delivery {
         source: S::NAME,
-        key: source.delivery_key(&body),
         body: body.to_vec(),
         received_ms: now_ms(),
         deferred,
@@ -137,11 +161,9 @@ async fn ingest<S: Source>(
     if deferred {
         // Accepted for fetching: its records are counted once they exist.
         state.fetcher_wake.notify_one();
-        let fresh = usize::from(!outcome.duplicate_delivery);
         return Ok(Answer::Counts(Counts {
-            accepted: fresh,
-            duplicates: 1 - fresh,
-            ignored: 0,
+            accepted: 1,
+            ..Counts::default()
         }));
     }
     if outcome.accepted() > 0 {

@@ -18,7 +18,7 @@ use super::{Operation, rate_limit::RateLimiter};
 use crate::{
     metrics::Metrics,
     outbound,
-    record::{EventInfo, State},
+    record::{EventInfo, State, normalize_email},
     token::{CredentialError, TokenSource},
 };
 
@@ -29,10 +29,12 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+/// How long every call waits after a 429 that did not say `Retry-After`.
+const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
 /// Largest answer read from HubSpot (a batch of 100 objects is far smaller).
 const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CallError {
     /// Worth retrying later: 429, 5xx, timeout, connection failure.
     #[error("{reason}")]
@@ -40,8 +42,8 @@ pub enum CallError {
         reason: String,
         retry_after: Option<Duration>,
     },
-    /// No usable credential (401 even after a refresh, 403, none configured):
-    /// forwarding pauses until it works again.
+    /// No usable credential (401 even after a refresh, a 403 for missing
+    /// scopes, none configured): forwarding pauses until it works again.
     #[error("{0}")]
     Credential(String),
     /// Any other 4xx: HubSpot refuses this request as it is.
@@ -236,7 +238,7 @@ impl HubSpotClient {
         let mut refreshed = false;
         loop {
             let token = self.token.access_token().await?;
-            self.limiter.acquire().await;
+            let permit = self.limiter.acquire().await;
             let started = Instant::now();
             let sent = self
                 .http
@@ -244,6 +246,8 @@ impl HubSpotClient {
                 .insert_header((AUTHORIZATION, format!("Bearer {}", token.expose())))
                 .send_json(body)
                 .await;
+            // HubSpot counted the call by the time its answer (or failure) came.
+            drop(permit);
             let label = operation.as_str();
             let mut response = match sent {
                 Ok(response) => response,
@@ -274,16 +278,23 @@ impl HubSpotClient {
                     self.token.rejected(&token).await?;
                     refreshed = true;
                 }
-                401 | 403 => {
+                401 => {
                     return Err(CallError::Credential(format!(
-                        "{label}: HubSpot answered {status}: {}",
+                        "{label}: HubSpot answered 401: {}",
+                        message(&answer)
+                    )));
+                }
+                403 if credential_problem(&answer) => {
+                    return Err(CallError::Credential(format!(
+                        "{label}: HubSpot answered 403: {}",
                         message(&answer)
                     )));
                 }
                 429 | 500..=599 => {
                     let retry_after = retry_after(response.headers());
-                    if let (429, Some(pause)) = (status, retry_after) {
-                        self.limiter.hold_for(pause);
+                    if status == 429 {
+                        self.limiter
+                            .hold_for(retry_after.unwrap_or(RATE_LIMITED_PAUSE));
                     }
                     return Err(CallError::Transient {
                         reason: format!("{label}: HubSpot answered {status}: {}", message(&answer)),
@@ -326,6 +337,18 @@ impl HubSpotClient {
                 .observe_remaining(u32::try_from(remaining).unwrap_or(u32::MAX), interval);
         }
     }
+}
+
+/// A 403 is about the credential when HubSpot says scopes are missing or the
+/// authentication is bad; any other 403 refuses this request only.
+fn credential_problem(answer: &Value) -> bool {
+    let category = answer.get("category").and_then(Value::as_str);
+    let scopes = message(answer).to_ascii_lowercase().contains("scope");
+    scopes
+        || matches!(
+            category,
+            Some("MISSING_SCOPES" | "INVALID_AUTHENTICATION" | "EXPIRED_AUTHENTICATION")
+        )
 }
 
 fn encode(component: &str) -> String {
@@ -373,7 +396,7 @@ fn contact_ids(answer: &Value) -> HashMap<String, i64> {
         .filter_map(|object| {
             let email = object.pointer("/properties/email")?.as_str()?;
             let id = object.get("id")?.as_str()?.parse().ok()?;
-            Some((crate::sources::normalize_email(email), id))
+            Some((normalize_email(email), id))
         })
         .collect()
 }
@@ -394,47 +417,41 @@ fn create_outcome(answer: &Value, inputs: &[Subscriber<'_>]) -> CreateOutcome {
             .collect(),
         ..CreateOutcome::default()
     };
-    let vids: Vec<i64> = inputs.iter().map(|input| input.vid).collect();
+    let vids: Vec<String> = inputs.iter().map(|input| input.vid.to_string()).collect();
     let errors = answer.get("errors").and_then(Value::as_array);
     for error in errors.into_iter().flatten() {
         let named = named_inputs(error, &vids);
         if named.is_empty() {
             outcome.unattributed_errors = true;
         }
-        for vid in named {
-            outcome.failed.insert(vid, message(error));
+        for i in named {
+            outcome.failed.insert(inputs[i].vid, message(error));
         }
     }
     outcome
 }
 
-/// Which of a batch's `vids` (in input order) an error — HubSpot's `Error` or
-/// `StandardError` — names, by vid in a `context` or by `inputs[i]` in an `in`.
-pub fn named_inputs(error: &Value, vids: &[i64]) -> Vec<i64> {
-    let mut mentioned: Vec<String> = Vec::new();
-    let mut collect_context = |value: &Value| {
+/// Which inputs of a batch (in input order, identified by `keys`: vids or
+/// emails) an error — HubSpot's `Error` or `StandardError` — names, by key in
+/// a `context` or by `inputs[i]` in an `in`; as indices into `keys`.
+pub fn named_inputs(error: &Value, keys: &[String]) -> Vec<usize> {
+    let mut mentioned: Vec<&str> = Vec::new();
+    let details = error.get("errors").and_then(Value::as_array);
+    for value in std::iter::once(error).chain(details.into_iter().flatten()) {
         for values in value
             .get("context")
             .and_then(Value::as_object)
             .into_iter()
             .flat_map(|c| c.values())
         {
-            for item in values.as_array().into_iter().flatten() {
-                if let Some(s) = item.as_str() {
-                    mentioned.push(s.to_owned());
-                }
-            }
+            mentioned.extend(values.as_array().into_iter().flatten().filter_map(Value::as_str));
         }
-    };
-    collect_context(error);
-    let details = error.get("errors").and_then(Value::as_array);
-    for detail in details.into_iter().flatten() {
-        collect_context(detail);
     }
-    let mut named: Vec<i64> = vids
+    let mut named: Vec<usize> = keys
         .iter()
-        .filter(|vid| mentioned.iter().any(|m| *m == vid.to_string()))
-        .copied()
+        .enumerate()
+        .filter(|(_, key)| mentioned.iter().any(|m| m.eq_ignore_ascii_case(key)))
+        .map(|(i, _)| i)
         .collect();
     for detail in details.into_iter().flatten() {
         let index = detail
@@ -443,9 +460,7 @@ pub fn named_inputs(error: &Value, vids: &[i64]) -> Vec<i64> {
             .and_then(|at| at.strip_prefix("inputs["))
             .and_then(|rest| rest.split(']').next())
             .and_then(|i| i.parse::<usize>().ok());
-        if let Some(vid) = index.and_then(|i| vids.get(i)) {
-            named.push(*vid);
-        }
+        named.extend(index.filter(|i| *i < keys.len()));
     }
     named.sort_unstable();
     named.dedup();

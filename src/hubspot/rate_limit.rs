@@ -1,26 +1,59 @@
 //! One limiter for every HubSpot call of this process: at most `limit` calls
 //! in any sliding 10-second window, and slower still when HubSpot's own
 //! `X-HubSpot-RateLimit-Remaining` (or a 429's `Retry-After`) says so.
+//!
+//! HubSpot counts a call where it arrives, somewhere between our sending it
+//! and its answer reaching us. So a call holds its place in the window from
+//! the moment it is admitted until [`WINDOW`] (plus a small margin) after its
+//! answer came: whatever the latency, no 10 seconds of arrivals at HubSpot
+//! ever hold more than `limit` calls.
 
-use std::{collections::VecDeque, sync::Mutex, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    time::Duration,
+};
 
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 pub const WINDOW: Duration = Duration::from_secs(10);
+/// For clock granularity between our timer and HubSpot's.
+const MARGIN: Duration = Duration::from_millis(100);
 
 pub struct RateLimiter {
     limit: usize,
     /// Callers queue here, so calls are admitted in arrival order.
     turn: tokio::sync::Mutex<()>,
-    state: Mutex<Window>,
+    state: RefCell<Window>,
+    /// A call in flight answered: its place starts to age.
+    answered: Notify,
+    next_id: Cell<u64>,
 }
 
 #[derive(Default)]
 struct Window {
-    /// Start times of the calls of the last [`WINDOW`].
-    sent: VecDeque<Instant>,
+    /// Admitted calls: their id, and when their answer came (None: in flight).
+    calls: VecDeque<(u64, Option<Instant>)>,
     /// No call before this (HubSpot asked to slow down).
     not_before: Option<Instant>,
+}
+
+/// A call's place in the window; dropping it marks the call answered.
+pub struct Permit<'a> {
+    limiter: &'a RateLimiter,
+    id: u64,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let mut window = self.limiter.state.borrow_mut();
+        if let Some(call) = window.calls.iter_mut().find(|(id, _)| *id == self.id) {
+            call.1 = Some(now);
+        }
+        drop(window);
+        self.limiter.answered.notify_waiters();
+    }
 }
 
 impl RateLimiter {
@@ -28,56 +61,69 @@ impl RateLimiter {
         Self {
             limit: limit_per_10s.max(1) as usize,
             turn: tokio::sync::Mutex::new(()),
-            state: Mutex::new(Window::default()),
+            state: RefCell::new(Window::default()),
+            answered: Notify::new(),
+            next_id: Cell::new(0),
         }
     }
 
-    /// Waits until one more call fits, and counts it.
-    pub async fn acquire(&self) {
+    /// Waits until one more call fits, and counts it until the returned
+    /// permit is dropped (when the answer came) plus the window.
+    pub async fn acquire(&self) -> Permit<'_> {
         let _turn = self.turn.lock().await;
         loop {
+            let answered = self.answered.notified();
             let wait_until = {
-                let mut window = self.window();
+                let mut window = self.state.borrow_mut();
                 let now = Instant::now();
-                while window
-                    .sent
-                    .front()
-                    .is_some_and(|sent| now.duration_since(*sent) >= WINDOW)
-                {
-                    window.sent.pop_front();
-                }
+                window
+                    .calls
+                    .retain(|(_, answered)| answered.is_none_or(|at| at + WINDOW + MARGIN > now));
                 let held = window.not_before.filter(|t| *t > now);
-                let full = (window.sent.len() >= self.limit).then(|| window.sent[0] + WINDOW);
-                match held.max(full) {
-                    Some(until) => until,
-                    None => {
-                        window.sent.push_back(now);
-                        return;
+                let full = window.calls.len() >= self.limit;
+                // The earliest a place frees up, unless every call is still in flight.
+                let frees_at = window
+                    .calls
+                    .iter()
+                    .filter_map(|(_, answered)| answered.map(|at| at + WINDOW + MARGIN))
+                    .min();
+                match (held, full) {
+                    (None, false) => {
+                        let id = self.next_id.get();
+                        self.next_id.set(id + 1);
+                        window.calls.push_back((id, None));
+                        return Permit { limiter: self, id };
                     }
+                    (Some(until), false) => Some(until),
+                    (held, true) => frees_at.max(held),
                 }
             };
-            tokio::time::sleep_until(wait_until).await;
+            match wait_until {
+                Some(until) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        () = answered => {}
+                    }
+                }
+                None => answered.await,
+            }
         }
     }
 
     /// HubSpot said how many calls its window has left: spread those evenly
     /// over its interval once they are fewer than ours.
     pub fn observe_remaining(&self, remaining: u32, interval: Duration) {
-        let mut window = self.window();
-        let ours = self.limit.saturating_sub(window.sent.len());
+        let mut window = self.state.borrow_mut();
+        let ours = self.limit.saturating_sub(window.calls.len());
         if (remaining as usize) < ours {
             let spacing = interval / (remaining + 1);
             window.hold(Instant::now() + spacing);
         }
     }
 
-    /// HubSpot answered 429 with `Retry-After`: nobody calls before then.
+    /// HubSpot answered 429: nobody calls before `pause` has passed.
     pub fn hold_for(&self, pause: Duration) {
-        self.window().hold(Instant::now() + pause);
-    }
-
-    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.borrow_mut().hold(Instant::now() + pause);
     }
 }
 
@@ -91,34 +137,75 @@ impl Window {
 mod tests {
     use super::*;
 
+    /// Calls that take `latency` each; returns when each was admitted and answered.
+    async fn calls(limiter: &RateLimiter, n: usize, latency: Duration) -> Vec<(Duration, Duration)> {
+        let start = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..n {
+            let permit = limiter.acquire().await;
+            let admitted = start.elapsed();
+            tokio::time::sleep(latency).await;
+            drop(permit);
+            times.push((admitted, start.elapsed()));
+        }
+        times
+    }
+
     #[tokio::test(start_paused = true)]
     async fn no_window_ever_holds_more_than_the_limit() {
         let limiter = RateLimiter::new(5);
-        let start = Instant::now();
-        let mut starts = Vec::new();
-        for _ in 0..12 {
-            limiter.acquire().await;
-            starts.push(start.elapsed());
-        }
-        assert!(starts[..5].iter().all(|t| *t < Duration::from_millis(1)));
-        assert!(starts[5] >= WINDOW && starts[10] >= 2 * WINDOW);
-        for (i, t) in starts.iter().enumerate() {
-            let in_window = starts[i..].iter().filter(|u| **u < *t + WINDOW).count();
+        let times = calls(&limiter, 12, Duration::ZERO).await;
+        assert!(times[..5].iter().all(|(t, _)| *t < Duration::from_millis(1)));
+        assert!(times[5].0 >= WINDOW && times[10].0 >= 2 * WINDOW);
+        for (i, (t, _)) in times.iter().enumerate() {
+            let in_window = times[i..].iter().filter(|(u, _)| *u < *t + WINDOW).count();
             assert!(in_window <= 5, "{in_window} calls within 10 s of call {i}");
         }
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_place_frees_only_a_window_after_the_answer_so_latency_cannot_squeeze_calls() {
+        // Each call takes 2 s: HubSpot may see the first arrive as late as its
+        // answer, so the next call past the limit waits for that answer + 10 s.
+        let limiter = RateLimiter::new(3);
+        let latency = Duration::from_secs(2);
+        let times = calls(&limiter, 4, latency).await;
+        let first_answered = times[0].1;
+        assert!(
+            times[3].0 >= first_answered + WINDOW,
+            "fourth call admitted at {:?}, first answered at {first_answered:?}",
+            times[3].0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_in_flight_keep_their_place_until_they_answer() {
+        let limiter = RateLimiter::new(1);
+        let hanging = limiter.acquire().await;
+        let waiter = async {
+            let start = Instant::now();
+            drop(limiter.acquire().await);
+            start.elapsed()
+        };
+        let answer = async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(hanging);
+        };
+        let (waited, ()) = tokio::join!(waiter, answer);
+        assert!(waited >= Duration::from_secs(30) + WINDOW, "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn hubspot_running_low_spaces_the_calls_out() {
         let limiter = RateLimiter::new(100);
-        limiter.acquire().await;
+        drop(limiter.acquire().await);
         limiter.observe_remaining(1, WINDOW);
         let start = Instant::now();
-        limiter.acquire().await;
+        drop(limiter.acquire().await);
         assert!(start.elapsed() >= WINDOW / 2);
         limiter.hold_for(Duration::from_secs(3));
         let start = Instant::now();
-        limiter.acquire().await;
+        drop(limiter.acquire().await);
         assert!(start.elapsed() >= Duration::from_secs(3));
     }
 }

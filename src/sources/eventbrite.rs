@@ -5,10 +5,7 @@
 //! record per attendee. Only URLs under `EVENTBRITE_API_BASE_URL` are ever
 //! fetched.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
 use actix_web::HttpRequest;
 use async_trait::async_trait;
@@ -18,12 +15,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use url::Url;
 
-use super::{Fetch, FetchError, Inbound, Rejection, Source, normalize_email};
+use super::{Fetch, FetchError, Fetched, Inbound, Rejection, Source};
 use crate::{
     outbound,
-    record::{NewRecord, State, now_ms, parse_rfc3339_ms},
+    record::{NewRecord, State, normalize_email, parse_rfc3339_ms},
     settings::Secret,
-    store::Store,
 };
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -142,7 +138,6 @@ impl Eventbrite {
     }
 }
 
-#[async_trait(?Send)]
 impl Source for Eventbrite {
     const NAME: &'static str = "eventbrite";
 
@@ -159,7 +154,10 @@ impl Source for Eventbrite {
         }
     }
 
-    async fn interpret(&self, body: &[u8], _store: &dyn Store) -> Result<Inbound, Rejection> {
+    /// Every delivery is stored as its own: the same body later (another
+    /// `attendee.updated` of the same attendee) can mean a new state, so it
+    /// is fetched again, and records deduplicate what the fetches repeat.
+    fn interpret(&self, body: &[u8]) -> Result<Inbound, Rejection> {
         let webhook = parse(body).map_err(Rejection::Invalid)?;
         if action_of(&webhook.config.action).is_none() {
             // `test` from the dashboard, and actions without attendance.
@@ -172,19 +170,6 @@ impl Source for Eventbrite {
         }
         fetchable(&webhook.api_url, &self.api_base).map_err(Rejection::Unfetchable)?;
         Ok(Inbound::Deferred)
-    }
-
-    /// Every delivery is its own: the same body later (another
-    /// `attendee.updated` of the same attendee) can mean a new state, so it
-    /// must be fetched again. Records deduplicate what the fetches repeat.
-    fn delivery_key(&self, body: &[u8]) -> [u8; 32] {
-        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-        let mut hasher = Sha256::new();
-        hasher.update(body);
-        hasher.update(now_ms().to_be_bytes());
-        hasher.update(SEQUENCE.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-        hasher.update(std::process::id().to_be_bytes());
-        hasher.finalize().into()
     }
 }
 
@@ -210,7 +195,7 @@ impl Fetch for EventbriteApi {
         Eventbrite::NAME
     }
 
-    async fn fetch(&self, body: &[u8]) -> Result<Vec<NewRecord>, FetchError> {
+    async fn fetch(&self, body: &[u8]) -> Result<Fetched, FetchError> {
         let webhook = parse(body).map_err(FetchError::Failed)?;
         let action = action_of(&webhook.config.action).ok_or_else(|| {
             FetchError::Failed(format!(
@@ -257,7 +242,18 @@ impl Fetch for EventbriteApi {
             .map_err(|err| FetchError::Retry(format!("Eventbrite's answer was cut: {err}")))?;
         let object: Value = serde_json::from_slice(&bytes)
             .map_err(|err| FetchError::Failed(format!("Eventbrite's answer is not JSON: {err}")))?;
-        records_of(action, &object, &account).map_err(FetchError::Failed)
+        let mut fetched = Fetched::default();
+        let mut problems = Vec::new();
+        for record in records_of(action, &object, &account).map_err(FetchError::Failed)? {
+            match record {
+                Ok(record) => fetched.records.push(record),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        if !problems.is_empty() {
+            fetched.problem = Some(problems.join("; "));
+        }
+        Ok(fetched)
     }
 }
 
@@ -308,19 +304,25 @@ impl Attendee {
     }
 }
 
-/// One record per attendee of a fetched order, or for a fetched attendee.
-fn records_of(action: Action, object: &Value, account: &str) -> Result<Vec<NewRecord>, String> {
+/// One record per attendee of a fetched order, or for a fetched attendee;
+/// an attendee that cannot be mapped says why, without sinking the others.
+fn records_of(
+    action: Action,
+    object: &Value,
+    account: &str,
+) -> Result<Vec<Result<NewRecord, String>>, String> {
     let attendees: Vec<&Value> = match (object.get("attendees"), object.get("profile")) {
         (Some(Value::Array(attendees)), _) => attendees.iter().collect(),
         (_, Some(_)) => vec![object],
         _ => return Err("the answer is neither an order with attendees nor an attendee".into()),
     };
     let order_event = object.get("event_id").and_then(Value::as_str);
-    attendees
+    Ok(attendees
         .into_iter()
-        .map(|value| {
+        .enumerate()
+        .map(|(i, value)| {
             let attendee =
-                Attendee::deserialize(value).map_err(|err| format!("attendee: {err}"))?;
+                Attendee::deserialize(value).map_err(|err| format!("attendee {i}: {err}"))?;
             let state = match action {
                 Action::Register => State::Register,
                 Action::Cancel => State::Cancel,
@@ -336,12 +338,12 @@ fn records_of(action: Action, object: &Value, account: &str) -> Result<Vec<NewRe
             };
             let interaction_ms = at
                 .and_then(parse_rfc3339_ms)
-                .ok_or("attendee has no valid created/changed time")?;
+                .ok_or_else(|| format!("attendee {i} has no valid created/changed time"))?;
             let event = attendee
                 .event_id
                 .as_deref()
                 .or(order_event)
-                .ok_or("attendee has no event_id")?;
+                .ok_or_else(|| format!("attendee {i} has no event_id"))?;
             Ok(NewRecord {
                 state,
                 email: attendee
@@ -354,6 +356,8 @@ fn records_of(action: Action, object: &Value, account: &str) -> Result<Vec<NewRe
                 last_name: attendee.profile.last_name.filter(|n| !n.is_empty()),
                 vid: None,
                 sender_id: None,
+                participant: None,
+                closes_session: false,
                 external_event_id: event.to_owned(),
                 external_account_id: account.to_owned(),
                 interaction_ms,
@@ -361,7 +365,7 @@ fn records_of(action: Action, object: &Value, account: &str) -> Result<Vec<NewRe
                 event: None,
             })
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -418,7 +422,11 @@ mod tests {
             attendee("Not Attending", false, true),
             attendee("Deleted", false, false),
         ]});
-        let records = records_of(Action::AsFetched, &order, "acc").unwrap();
+        let records: Vec<NewRecord> = records_of(Action::AsFetched, &order, "acc")
+            .unwrap()
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
         let states: Vec<State> = records.iter().map(|r| r.state).collect();
         assert_eq!(
             states,
@@ -438,5 +446,25 @@ mod tests {
                 .all(|r| r.email == "a@example.com" && r.external_event_id == "9")
         );
         assert!(records_of(Action::Register, &json!({"id": "1"}), "acc").is_err());
+    }
+
+    #[test]
+    fn one_unmappable_attendee_does_not_sink_the_others_of_its_order() {
+        let order = json!({"event_id": "9", "attendees": [
+            {"profile": {"email": "a@example.com"}, "created": "2026-01-01T10:00:00Z"},
+            {"profile": {"email": "b@example.com"}},
+            {"profile": {"email": "c@example.com"}, "created": "2026-01-01T11:00:00Z"},
+        ]});
+        let mapped = records_of(Action::Register, &order, "acc").unwrap();
+        let emails: Vec<&str> = mapped
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|r| r.email.as_str())
+            .collect();
+        assert_eq!(emails, ["a@example.com", "c@example.com"]);
+        assert_eq!(
+            mapped[1].as_ref().unwrap_err(),
+            "attendee 1 has no valid created/changed time"
+        );
     }
 }

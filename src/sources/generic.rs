@@ -5,18 +5,16 @@
 use std::collections::BTreeMap;
 
 use actix_web::HttpRequest;
-use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, crypto::CryptoProvider, errors::ErrorKind};
 use serde_json::{Map, Value};
 use standardwebhooks::{
     HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP, Webhook, WebhookError,
 };
 
-use super::{Inbound, Rejection, Source, normalize_email};
+use super::{Inbound, Rejection, Source};
 use crate::{
-    record::{NewRecord, State, parse_rfc3339_ms},
+    record::{NewRecord, State, normalize_email, parse_rfc3339_ms},
     settings::{Settings, configured},
-    store::Store,
 };
 
 /// Most records one delivery may carry.
@@ -199,7 +197,6 @@ fn signature_problem(err: &WebhookError) -> String {
     }
 }
 
-#[async_trait(?Send)]
 impl Source for Generic {
     const NAME: &'static str = "generic";
 
@@ -238,7 +235,7 @@ impl Source for Generic {
         Err(Rejection::Unauthorized(problems.join("; ")))
     }
 
-    async fn interpret(&self, body: &[u8], _store: &dyn Store) -> Result<Inbound, Rejection> {
+    fn interpret(&self, body: &[u8]) -> Result<Inbound, Rejection> {
         self.map(body).map(Inbound::Records)
     }
 }
@@ -329,6 +326,8 @@ impl Generic {
             properties: field.properties()?,
             event: None,
             sender_id: Some(sender_id),
+            participant: None,
+            closes_session: false,
         })
     }
 }
@@ -482,6 +481,8 @@ mod tests {
                 properties: [("joinedAt".to_owned(), "2026-01-01T10:00:00Z".to_owned())].into(),
                 event: None,
                 sender_id: Some("r-1".into()),
+                participant: None,
+                closes_session: false,
             }]
         );
     }

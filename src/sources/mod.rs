@@ -7,9 +7,8 @@ pub mod zoom;
 
 use actix_web::HttpRequest;
 use async_trait::async_trait;
-use sha2::{Digest, Sha256};
 
-use crate::{record::NewRecord, store::Store, store::StoreError};
+use crate::record::NewRecord;
 
 /// What an authenticated delivery asks of the gateway.
 #[derive(Debug, PartialEq)]
@@ -42,13 +41,10 @@ pub enum Rejection {
     /// scheme or path than the platform's API).
     #[error("{0}")]
     Unfetchable(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// One event platform. Adding a platform is a module implementing this and a
 /// route in `http::webhooks`.
-#[async_trait(?Send)]
 pub trait Source: 'static {
     /// The `source` label in metrics and the store.
     const NAME: &'static str;
@@ -56,15 +52,8 @@ pub trait Source: 'static {
     /// Checks that the delivery is genuine; runs before the body is parsed.
     fn authenticate(&self, request: &HttpRequest, body: &[u8]) -> Result<(), Rejection>;
 
-    /// Interprets an authenticated body. The store is there for context a
-    /// platform leaves out (such as the join that a leave closes).
-    async fn interpret(&self, body: &[u8], store: &dyn Store) -> Result<Inbound, Rejection>;
-
-    /// Identity of the delivery: the same key again is a duplicate delivery.
-    /// Platforms retry with the same body, so by default it is the body.
-    fn delivery_key(&self, body: &[u8]) -> [u8; 32] {
-        Sha256::digest(body).into()
-    }
+    /// Interprets an authenticated body.
+    fn interpret(&self, body: &[u8]) -> Result<Inbound, Rejection>;
 }
 
 /// Why a deferred delivery's fetch did not produce records.
@@ -78,6 +67,14 @@ pub enum FetchError {
     Failed(String),
 }
 
+/// What a fetch produced: the records it could map, and what it could not
+/// (one bad attendee does not sink the others of an order).
+#[derive(Debug, Default, PartialEq)]
+pub struct Fetched {
+    pub records: Vec<NewRecord>,
+    pub problem: Option<String>,
+}
+
 /// A platform whose deliveries only point at the data: the gateway fetches
 /// and maps it after acknowledging (see [`Inbound::Deferred`]).
 #[async_trait(?Send)]
@@ -85,10 +82,5 @@ pub trait Fetch {
     /// The source whose deferred deliveries this resolves.
     fn source(&self) -> &'static str;
 
-    async fn fetch(&self, body: &[u8]) -> Result<Vec<NewRecord>, FetchError>;
-}
-
-/// Lower-cased, trimmed email; HubSpot matches contacts case-insensitively.
-pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
+    async fn fetch(&self, body: &[u8]) -> Result<Fetched, FetchError>;
 }

@@ -4,17 +4,15 @@
 use std::collections::BTreeMap;
 
 use actix_web::HttpRequest;
-use async_trait::async_trait;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
 
-use super::{Inbound, Rejection, Source, normalize_email};
+use super::{Inbound, Rejection, Source};
 use crate::{
-    record::{EventInfo, NewRecord, State, format_utc, parse_rfc3339_ms},
+    record::{EventInfo, NewRecord, State, format_utc, normalize_email, parse_rfc3339_ms},
     settings::Secret,
-    store::Store,
 };
 
 const SIGNATURE_HEADER: &str = "x-zm-signature";
@@ -70,7 +68,7 @@ struct Registrant {
     email: String,
     first_name: Option<String>,
     last_name: Option<String>,
-    /// `approved` or `pending`; absent means approved.
+    /// `approved`, `pending` or `denied`; absent means approved.
     status: Option<String>,
 }
 
@@ -79,6 +77,11 @@ struct Participant {
     /// Empty or absent for guests outside the host's account.
     #[serde(default)]
     email: Option<String>,
+    /// Zoom's ids of the participant, to tell guests without email apart.
+    participant_uuid: Option<String>,
+    user_id: Option<String>,
+    id: Option<String>,
+    user_name: Option<String>,
     join_time: Option<String>,
     leave_time: Option<String>,
     /// Some `participant_joined` deliveries carry the join time here.
@@ -155,7 +158,8 @@ impl Zoom {
         Ok(())
     }
 
-    /// Maps a verified body. Pure: the join a leave closes is attached by [`Source::interpret`].
+    /// Maps a verified body. The join a leave closes is attached where
+    /// records are stored ([`NewRecord::closes_session`]).
     pub fn map(&self, body: &[u8]) -> Result<Inbound, Rejection> {
         let envelope: Envelope = serde_json::from_slice(body)
             .map_err(|err| Rejection::Invalid(format!("body is not a Zoom event: {err}")))?;
@@ -202,6 +206,8 @@ impl Zoom {
             properties: BTreeMap::new(),
             event: Some(event_info(&object)),
             sender_id: None,
+            participant: None,
+            closes_session: false,
         };
 
         match action {
@@ -209,16 +215,11 @@ impl Zoom {
                 let registrant = object.registrant.ok_or_else(|| {
                     Rejection::Invalid("payload.object.registrant is missing".into())
                 })?;
-                if matches!(action, Action::Register)
-                    && registrant.status.as_deref() == Some("pending")
-                {
+                record.state = match (action, registrant.status.as_deref()) {
                     // Zoom sends registration_approved once the host approves.
-                    return Ok(Inbound::Ignored);
-                }
-                record.state = if matches!(action, Action::Register) {
-                    State::Register
-                } else {
-                    State::Cancel
+                    (Action::Register, Some("pending")) => return Ok(Inbound::Ignored),
+                    (Action::Register, Some("denied")) | (Action::Cancel, _) => State::Cancel,
+                    _ => State::Register,
                 };
                 record.email = normalize_email(&registrant.email);
                 record.first_name = registrant.first_name.filter(|n| !n.is_empty());
@@ -231,20 +232,33 @@ impl Zoom {
                 })?;
                 record.state = State::Attend;
                 record.email = normalize_email(participant.email.as_deref().unwrap_or_default());
+                if record.email.is_empty() {
+                    record.participant = [
+                        participant.participant_uuid,
+                        participant.user_id,
+                        participant.id,
+                        participant.user_name,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .find(|id| !id.is_empty());
+                }
                 let (field, at) = if matches!(action, Action::Joined) {
                     ("joinedAt", participant.join_time.or(participant.date_time))
                 } else {
+                    record.closes_session = true;
                     ("leftAt", participant.leave_time)
                 };
                 record.interaction_ms = match at {
-                    Some(at) => parse_rfc3339_ms(&at).ok_or_else(|| {
+                    Some(ref at) => parse_rfc3339_ms(at).ok_or_else(|| {
                         Rejection::Invalid(format!("participant time {at:?} is not RFC 3339"))
                     })?,
                     None => event_time()?,
                 };
-                record
-                    .properties
-                    .insert(field.to_owned(), format_utc(record.interaction_ms));
+                let at = format_utc(record.interaction_ms).ok_or_else(|| {
+                    Rejection::Invalid(format!("participant time {at:?} is out of range"))
+                })?;
+                record.properties.insert(field.to_owned(), at);
             }
         }
         Ok(Inbound::Records(vec![record]))
@@ -271,7 +285,7 @@ fn event_info(object: &Object) -> EventInfo {
         .as_deref()
         .and_then(parse_rfc3339_ms)
         .zip(object.duration)
-        .map(|(start_ms, minutes)| format_utc(start_ms + minutes * 60_000));
+        .and_then(|(start_ms, minutes)| format_utc(start_ms.checked_add(minutes.checked_mul(60_000)?)?));
     EventInfo {
         name: object.topic.clone(),
         start,
@@ -279,29 +293,6 @@ fn event_info(object: &Object) -> EventInfo {
     }
 }
 
-/// A leave carries the time of the join it closes, where the gateway saw that join.
-async fn attach_join(record: &mut NewRecord, store: &dyn Store) -> Result<(), Rejection> {
-    if record.email.is_empty() || !record.properties.contains_key("leftAt") {
-        return Ok(());
-    }
-    let joined = store
-        .open_join_time(
-            Zoom::NAME,
-            &record.external_event_id,
-            &record.email,
-            record.interaction_ms,
-        )
-        .await?;
-    if let Some(joined) = joined {
-        record.interaction_ms = joined;
-        record
-            .properties
-            .insert("joinedAt".to_owned(), format_utc(joined));
-    }
-    Ok(())
-}
-
-#[async_trait(?Send)]
 impl Source for Zoom {
     const NAME: &'static str = "zoom";
 
@@ -316,14 +307,8 @@ impl Source for Zoom {
         )
     }
 
-    async fn interpret(&self, body: &[u8], store: &dyn Store) -> Result<Inbound, Rejection> {
-        let mut inbound = self.map(body)?;
-        if let Inbound::Records(records) = &mut inbound {
-            for record in records {
-                attach_join(record, store).await?;
-            }
-        }
-        Ok(inbound)
+    fn interpret(&self, body: &[u8]) -> Result<Inbound, Rejection> {
+        self.map(body)
     }
 }
 

@@ -1,40 +1,39 @@
 //! Durable storage of deliveries and records, behind one interface so the
 //! embedded SQLite store and a shared PostgreSQL store pass the same tests.
+//!
+//! The store's own clock decides due times and leases: callers pass delays,
+//! never timestamps, so several processes sharing one database agree.
 
 mod sqlite;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
 use crate::{
-    record::{Delivery, NewRecord},
+    record::{Delivery, GroupKey, NewRecord},
     settings::Secret,
 };
 pub use sqlite::SqliteStore;
 
-#[derive(Debug, thiserror::Error)]
+/// What went wrong, in the few kinds the HTTP layer and the background
+/// tasks act on; each backend maps its own errors onto these.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// Cannot take the work now (locked, disk full, connection lost): retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("store is shut down")]
     Closed,
-    #[error("commit failed: {0}")]
-    Commit(String),
-    #[error("unsupported database url {0:?} (expected sqlite://path)")]
-    UnsupportedUrl(String),
-    #[error(
-        "the database has schema version {0}, newer than this gateway's {1}: run a newer gateway"
-    )]
-    NewerSchema(i64, i64),
-    #[error("cannot prepare the database directory: {0}")]
-    Io(#[from] std::io::Error),
+    /// Misconfigured or not this release's database: an operator must act.
+    #[error("{0}")]
+    Broken(String),
 }
 
 /// Lifecycle of a stored record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordStatus {
-    /// Waiting to be forwarded.
+    /// Waiting to be forwarded (or being forwarded now).
     Pending,
     /// No contact to attach it to (the platform withheld the email); kept for inspection.
     Unmappable,
@@ -77,8 +76,6 @@ impl RecordStatus {
 /// What storing one delivery did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct IngestOutcome {
-    /// The whole delivery had been stored before.
-    pub duplicate_delivery: bool,
     /// Per record of the delivery, in order: newly stored (`true`) or already known.
     pub fresh: Vec<bool>,
 }
@@ -93,12 +90,24 @@ impl IngestOutcome {
     }
 }
 
-/// Queue depth for metrics.
+/// Queue depth for metrics. A delivery still to be fetched counts as one
+/// pending entry, one that could not be fetched as one dead letter: each
+/// stands for records the gateway owes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
     pub by_status: Vec<(RecordStatus, i64)>,
-    /// Creation time (epoch ms) of the oldest pending record.
+    /// Arrival time (epoch ms) of the oldest pending record or delivery.
     pub oldest_pending_ms: Option<i64>,
+}
+
+impl QueueStats {
+    pub fn count(&self, status: RecordStatus) -> i64 {
+        self.by_status
+            .iter()
+            .filter(|(s, _)| *s == status)
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 /// A stored record, as read back.
@@ -107,7 +116,7 @@ pub struct StoredRecord {
     pub id: i64,
     pub source: String,
     pub status: RecordStatus,
-    /// Times the forwarder has taken it.
+    /// Times a forwarder has taken it.
     pub attempts: i64,
     /// When it was stored (epoch ms).
     pub created_ms: i64,
@@ -118,24 +127,60 @@ pub struct StoredRecord {
     pub record: NewRecord,
 }
 
+/// What the forwarder asks of [`Store::claim`].
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    /// Most batches to take.
+    pub max_batches: usize,
+    pub batch_size: usize,
+    /// A group's partial batch is taken once its oldest record waited this long.
+    pub linger: Duration,
+    /// How long the batches stay with the claimer unless renewed.
+    pub lease: Duration,
+}
+
+/// Records of one group, taken together under one lease.
+#[derive(Clone, Debug)]
+pub struct ClaimedBatch {
+    pub group: GroupKey,
+    /// Proves the claim when renewing or settling.
+    pub lease: String,
+    pub records: Vec<StoredRecord>,
+}
+
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub batches: Vec<ClaimedBatch>,
+    /// When the next batch will be ready, if any record is pending.
+    pub next_ready_in: Option<Duration>,
+}
+
 /// A delivery whose records are still to be fetched from its platform.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeferredDelivery {
     pub id: i64,
     pub source: String,
     pub body: Vec<u8>,
-    /// Fetches tried so far.
+    /// Fetches tried so far, this one included.
     pub attempts: i64,
     pub received_ms: i64,
+    /// Proves the claim when settling.
+    pub lease: String,
 }
 
 /// What became of a deferred delivery's fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FetchOutcome {
-    /// Fetched and mapped: these records are stored like any other.
-    Resolved(Vec<NewRecord>),
-    /// Try again at `at_ms`.
-    Retry { at_ms: i64, error: String },
+    /// Fetched and mapped: these records are stored like any other. With a
+    /// `problem`, part of what was fetched could not become records: the
+    /// delivery stays failed with that reason (visible, retryable) beside
+    /// the records that could.
+    Resolved {
+        records: Vec<NewRecord>,
+        problem: Option<String>,
+    },
+    /// Try again after `delay`.
+    Retry { delay: Duration, error: String },
     /// Given up; the reason is kept with the delivery.
     Failed { reason: String },
 }
@@ -155,9 +200,9 @@ pub struct StoredCredential {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settlement {
     Delivered,
-    /// Try again at `at_ms`.
+    /// Try again after `delay`.
     Retry {
-        at_ms: i64,
+        delay: Duration,
         error: String,
     },
     Dead {
@@ -170,25 +215,19 @@ pub enum Settlement {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Stores a delivery and its records in one durable commit. Records already
-    /// known (by [`NewRecord::dedupe_key`]) are not stored again; a delivery
-    /// whose key is known stores nothing. A deferred delivery waits for
-    /// [`Store::due_deliveries`].
+    /// Stores a delivery and its records in one durable commit. A record
+    /// already known (by [`NewRecord::dedupe_key`]) is not stored again. A
+    /// record that [`NewRecord::closes_session`] takes the time of the open
+    /// join it closes. A deferred delivery waits for [`Store::claim_deliveries`].
     async fn ingest(
         &self,
         delivery: Delivery,
         records: Vec<NewRecord>,
     ) -> Result<IngestOutcome, StoreError>;
 
-    /// Interaction time of the latest `attend` record of this contact and event
-    /// that opened a session (has `joinedAt`, no `leftAt`) at or before `at_ms`.
-    async fn open_join_time(
-        &self,
-        source: &str,
-        external_event_id: &str,
-        email: &str,
-        at_ms: i64,
-    ) -> Result<Option<i64>, StoreError>;
+    /// False once the store can no longer work (its writer died): the
+    /// process must be restarted.
+    fn alive(&self) -> bool;
 
     /// Proves the store takes a durable write now.
     async fn check_writable(&self) -> Result<(), StoreError>;
@@ -202,32 +241,36 @@ pub trait Store: Send + Sync {
         limit: i64,
     ) -> Result<Vec<StoredRecord>, StoreError>;
 
-    /// Pending records due by `now_ms` and not taken by a forwarder, oldest
-    /// due first.
-    async fn due(&self, now_ms: i64, limit: i64) -> Result<Vec<StoredRecord>, StoreError>;
+    /// Takes ready batches: whole groups' records, oldest first, at most one
+    /// batch per group per round of the groups so every webinar progresses,
+    /// full batches at once and a partial one only after it lingered. A batch
+    /// whose lease runs out unsettled (its claimer died) is ready again.
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claimed, StoreError>;
 
-    /// Takes these records for forwarding until `lease_until_ms`; returns the
-    /// ids it got (another forwarder may have taken the rest). A record whose
-    /// lease runs out unsettled — its forwarder died mid-call — is due again.
-    async fn claim(
+    /// Extends a batch's lease while its round is still working; false when
+    /// the lease was lost (ran out and was taken by another).
+    async fn renew(&self, lease: &str, extend: Duration) -> Result<bool, StoreError>;
+
+    /// Records what became of a claimed batch's records, in one commit. Only
+    /// records still held under `lease` change; returns how many did.
+    async fn settle(
         &self,
-        ids: &[i64],
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<Vec<i64>, StoreError>;
+        lease: &str,
+        outcomes: Vec<(i64, Settlement)>,
+    ) -> Result<usize, StoreError>;
 
-    /// Records what became of taken records, in one commit.
-    async fn settle(&self, outcomes: Vec<(i64, Settlement)>) -> Result<(), StoreError>;
+    /// HubSpot works again: records waiting out a retry are due now.
+    async fn expedite_retries(&self) -> Result<u64, StoreError>;
 
-    /// Deferred deliveries due by `now_ms`, oldest first.
-    async fn due_deliveries(
+    /// Takes deferred deliveries that are due, oldest first, under a lease.
+    async fn claim_deliveries(
         &self,
-        now_ms: i64,
-        limit: i64,
+        limit: usize,
+        lease: Duration,
     ) -> Result<Vec<DeferredDelivery>, StoreError>;
 
-    /// Records the fetch of a deferred delivery; a resolved one stores its
-    /// records (deduplicated as at ingest) in the same commit.
+    /// Records the fetch of a claimed deferred delivery; resolved records are
+    /// stored (deduplicated as at ingest) in the same commit.
     async fn settle_delivery(
         &self,
         delivery: &DeferredDelivery,
@@ -244,8 +287,10 @@ pub trait Store: Send + Sync {
         credential: &StoredCredential,
     ) -> Result<(), StoreError>;
 
-    /// Deletes settled records and delivery keys older than the retention; returns rows removed.
-    async fn purge_settled(&self, older_than_ms: i64) -> Result<u64, StoreError>;
+    /// Deletes at most `max_rows` settled records and deliveries older than
+    /// `older_than_ms`; returns how many it removed. Small chunks keep the
+    /// commits of ingest flowing while a large purge runs.
+    async fn purge_settled(&self, older_than_ms: i64, max_rows: u64) -> Result<u64, StoreError>;
 
     /// Finishes writes in flight and stops taking new ones.
     async fn close(&self);
@@ -255,6 +300,14 @@ pub trait Store: Send + Sync {
 pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     match url.strip_prefix("sqlite://") {
         Some(path) => Ok(Arc::new(SqliteStore::open(path)?)),
-        None => Err(StoreError::UnsupportedUrl(url.to_owned())),
+        None => Err(StoreError::Broken(format!(
+            "unsupported database url (expected sqlite://path): {}",
+            url.split("://").next().unwrap_or_default()
+        ))),
     }
+}
+
+/// A lease token: unguessable enough that two claims never share one.
+fn lease_token() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }

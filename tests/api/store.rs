@@ -1,399 +1,375 @@
 //! The store contract, written once against `dyn Store` so every store
 //! implementation runs the same suite.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use attendance_relay::{
     record::{Delivery, NewRecord, State, now_ms},
     settings::Secret,
-    store::{FetchOutcome, RecordStatus, Settlement, SqliteStore, Store, StoredCredential},
+    store::{
+        ClaimRequest, FetchOutcome, RecordStatus, Settlement, SqliteStore, Store,
+        StoredCredential,
+    },
 };
 
 fn record(email: &str, state: State, at: i64) -> NewRecord {
+    record_of("evt", email, state, at)
+}
+
+fn record_of(event: &str, email: &str, state: State, at: i64) -> NewRecord {
     NewRecord {
         state,
         email: email.to_owned(),
         first_name: None,
         last_name: None,
         vid: None,
-        external_event_id: "evt".to_owned(),
+        external_event_id: event.to_owned(),
         external_account_id: "acc".to_owned(),
         interaction_ms: at,
         properties: BTreeMap::new(),
         event: None,
         sender_id: None,
+        participant: None,
+        closes_session: false,
     }
 }
 
-fn delivery(body: &str, received_ms: i64) -> Delivery {
-    use sha2::Digest;
+fn delivery(body: &str) -> Delivery {
     Delivery {
         source: "zoom",
-        key: sha2::Sha256::digest(body.as_bytes()).into(),
         body: body.as_bytes().to_vec(),
-        received_ms,
+        received_ms: now_ms(),
         deferred: false,
     }
 }
 
-async fn suite(store: Arc<dyn Store>) {
-    // A delivery and its records, then the same delivery again.
+fn deferred(body: &str) -> Delivery {
+    Delivery {
+        deferred: true,
+        ..delivery(body)
+    }
+}
+
+fn claim(batch_size: usize, max_batches: usize, linger_ms: u64) -> ClaimRequest {
+    ClaimRequest {
+        max_batches,
+        batch_size,
+        linger: Duration::from_millis(linger_ms),
+        lease: Duration::from_secs(60),
+    }
+}
+
+pub fn open_sqlite(path: &Path) -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open(path.to_str().unwrap()).unwrap())
+}
+
+async fn ingest(store: &dyn Store, records: Vec<NewRecord>) -> Vec<bool> {
+    store
+        .ingest(delivery(&format!("{}", fastrand::u64(..))), records)
+        .await
+        .unwrap()
+        .fresh
+}
+
+/// Stores and deduplicates; a leave takes the time of the join it closes.
+async fn ingest_suite(store: &dyn Store) {
     let records = vec![
         record("a@x.io", State::Register, 1),
         record("", State::Attend, 2),
     ];
-    let first = store
-        .ingest(delivery("one", now_ms()), records.clone())
-        .await
-        .unwrap();
+    let first = store.ingest(delivery("one"), records.clone()).await.unwrap();
+    assert_eq!((first.accepted(), first.duplicates()), (2, 0));
+    let again = store.ingest(delivery("one"), records.clone()).await.unwrap();
+    assert_eq!((again.accepted(), again.duplicates()), (0, 2));
     assert_eq!(
-        (
-            first.accepted(),
-            first.duplicates(),
-            first.duplicate_delivery
-        ),
-        (2, 0, false)
+        ingest(store, vec![records[0].clone(), record("b@x.io", State::Cancel, 3)]).await,
+        vec![false, true]
     );
-    let again = store
-        .ingest(delivery("one", now_ms()), records.clone())
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            again.accepted(),
-            again.duplicates(),
-            again.duplicate_delivery
-        ),
-        (0, 2, true)
-    );
-
-    // Another delivery with one known and one new record.
-    let mixed = store
-        .ingest(
-            delivery("two", now_ms()),
-            vec![records[0].clone(), record("b@x.io", State::Cancel, 3)],
-        )
-        .await
-        .unwrap();
-    assert_eq!(mixed.fresh, vec![false, true]);
-
     let stored = store.records(None, 100).await.unwrap();
     assert_eq!(stored.len(), 3);
     assert_eq!(stored[0].record, records[0]);
     assert_eq!(stored[1].status, RecordStatus::Unmappable);
-    let stats = store.queue_stats().await.unwrap();
-    assert!(stats.by_status.contains(&(RecordStatus::Pending, 2)));
-    assert!(stats.by_status.contains(&(RecordStatus::Unmappable, 1)));
-    assert!(stats.oldest_pending_ms.is_some());
 
-    // Open sessions: a join without a leave, latest at or before the given time.
+    // Two guests without email joining at the same instant are two records.
+    let mut guest = record("", State::Attend, 2);
+    guest.participant = Some("guest-2".into());
+    assert_eq!(ingest(store, vec![guest]).await, vec![true]);
+
     let mut join = record("c@x.io", State::Attend, 1_000);
-    join.properties.insert("joinedAt".into(), "t".into());
+    join.properties.insert("joinedAt".into(), "t1".into());
     let mut later_join = join.clone();
     later_join.interaction_ms = 5_000;
-    let mut closed = join.clone();
-    closed.interaction_ms = 7_000;
-    closed.properties.insert("leftAt".into(), "t".into());
-    store
-        .ingest(delivery("three", now_ms()), vec![join, later_join, closed])
+    let mut leave = record("c@x.io", State::Attend, 7_000);
+    leave.properties.insert("leftAt".into(), "1970-01-01T00:00:07Z".into());
+    leave.closes_session = true;
+    let mut early_leave = leave.clone();
+    early_leave.interaction_ms = 3_000;
+    let mut stranger_leave = leave.clone();
+    stranger_leave.email = "d@x.io".into();
+    ingest(store, vec![join, later_join, leave, early_leave, stranger_leave]).await;
+    let leaves: Vec<_> = store
+        .records(None, 100)
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.record.properties.contains_key("leftAt"))
+        .map(|r| {
+            (
+                r.record.email,
+                r.record.interaction_ms,
+                r.record.properties.get("joinedAt").cloned(),
+            )
+        })
+        .collect();
     assert_eq!(
-        store
-            .open_join_time("zoom", "evt", "c@x.io", 6_000)
-            .await
-            .unwrap(),
-        Some(5_000)
-    );
-    assert_eq!(
-        store
-            .open_join_time("zoom", "evt", "c@x.io", 4_000)
-            .await
-            .unwrap(),
-        Some(1_000)
-    );
-    assert_eq!(
-        store
-            .open_join_time("zoom", "evt", "c@x.io", 500)
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        store
-            .open_join_time("zoom", "other", "c@x.io", 6_000)
-            .await
-            .unwrap(),
-        None
-    );
-
-    forwarding_queue(&*store).await;
-    credentials(&*store).await;
-
-    // Retention removes settled records and their deliveries, never pending ones.
-    store.check_writable().await.unwrap();
-    let removed = store.purge_settled(now_ms() + 1).await.unwrap();
-    assert!(removed >= 1);
-    let left = store.records(None, 100).await.unwrap();
-    assert!(left.iter().all(|r| r.status == RecordStatus::Pending));
-    assert_eq!(left.len(), 3);
-
-    store.close().await;
-    assert!(
-        store.check_writable().await.is_err(),
-        "a closed store refuses writes"
+        leaves,
+        vec![
+            ("c@x.io".into(), 5_000, Some("1970-01-01T00:00:05Z".into())),
+            ("c@x.io".into(), 1_000, Some("1970-01-01T00:00:01Z".into())),
+            ("d@x.io".into(), 7_000, None),
+        ],
+        "each leave closes the latest join before it; one without a join keeps its own time"
     );
 }
 
-/// Due records are taken once until settled or their lease runs out; a
-/// settlement moves each on. Expects five pending records.
-async fn forwarding_queue(store: &dyn Store) {
-    let now = now_ms() + 1;
-    let due = store.due(now, 100).await.unwrap();
-    assert_eq!(due.len(), 5);
-    assert!(
-        due.iter()
-            .all(|r| r.attempts == 0 && r.next_attempt_ms <= now)
-    );
-    let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
-    assert_eq!(store.claim(&ids, now, now + 60_000).await.unwrap(), ids);
-    assert!(
-        store
-            .claim(&ids, now, now + 60_000)
-            .await
-            .unwrap()
-            .is_empty(),
-        "a taken record is not taken again"
-    );
-    assert!(store.due(now, 100).await.unwrap().is_empty());
-    assert_eq!(
-        store.due(now + 60_000, 100).await.unwrap().len(),
-        5,
-        "due again once its forwarder's lease ran out"
-    );
+/// Whole groups are claimed under a lease, full batches at once, partial
+/// ones after lingering, one batch per group per round; settling needs the
+/// lease.
+async fn queue_suite(store: &dyn Store) {
+    let mut records: Vec<NewRecord> = (0..250)
+        .map(|i| record_of("big", &format!("b{i}@x.io"), State::Attend, i))
+        .collect();
+    records.extend((0..30).map(|i| record_of("small", &format!("s{i}@x.io"), State::Attend, i)));
+    ingest(store, records).await;
 
-    store
-        .settle(vec![
-            (ids[0], Settlement::Delivered),
-            (
-                ids[1],
-                Settlement::Retry {
-                    at_ms: now + 1_000,
-                    error: "HubSpot answered 503".into(),
-                },
-            ),
-            (
-                ids[2],
-                Settlement::Dead {
-                    reason: "refused".into(),
-                },
-            ),
-            (ids[3], Settlement::Release),
-            (ids[4], Settlement::Release),
-        ])
-        .await
-        .unwrap();
-    let due_now = store.due(now, 100).await.unwrap();
-    assert_eq!(
-        due_now.iter().map(|r| r.id).collect::<Vec<_>>(),
-        vec![ids[3], ids[4]]
-    );
-    assert!(
-        due_now.iter().all(|r| r.attempts == 0),
-        "a released record was not attempted"
-    );
-    let later = store.due(now + 1_000, 100).await.unwrap();
-    let retried = later
+    let lingering = store.claim(&claim(100, 10, 60_000)).await.unwrap();
+    let sizes: Vec<(String, usize)> = lingering
+        .batches
         .iter()
-        .find(|r| r.id == ids[1])
-        .expect("due at its retry time");
-    assert_eq!(
-        (retried.attempts, retried.last_error.as_deref()),
-        (1, Some("HubSpot answered 503"))
+        .map(|b| (b.group.external_event_id.clone(), b.records.len()))
+        .collect();
+    assert_eq!(sizes, vec![("big".into(), 100), ("big".into(), 100)], "only full batches");
+    assert!(
+        lingering.batches.iter().all(|b| b.records.iter().all(|r| r.attempts == 1)),
+        "a claim counts an attempt"
     );
+    let nothing = store.claim(&claim(100, 10, 60_000)).await.unwrap();
+    assert!(nothing.batches.is_empty());
+    let wait = nothing.next_ready_in.expect("partial batches wait");
+    assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60), "{wait:?}");
+
+    let partial = store.claim(&claim(100, 10, 0)).await.unwrap();
+    let mut sizes: Vec<(String, usize)> = partial
+        .batches
+        .iter()
+        .map(|b| (b.group.external_event_id.clone(), b.records.len()))
+        .filter(|(event, _)| event != "evt")
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![("big".into(), 50), ("small".into(), 30)]);
+    assert!(store.claim(&claim(100, 10, 0)).await.unwrap().batches.is_empty());
+
+    // Settling needs the batch's lease.
+    let batch = &lingering.batches[0];
+    let outcomes = |settlement: Settlement| -> Vec<(i64, Settlement)> {
+        batch.records.iter().map(|r| (r.id, settlement.clone())).collect()
+    };
+    assert_eq!(store.settle("not-the-lease", outcomes(Settlement::Delivered)).await.unwrap(), 0);
+    assert!(store.renew(&batch.lease, Duration::from_secs(60)).await.unwrap());
+    let retry = Settlement::Retry {
+        delay: Duration::from_secs(3600),
+        error: "HubSpot answered 503".into(),
+    };
+    assert_eq!(store.settle(&batch.lease, outcomes(retry)).await.unwrap(), 100);
+    assert_eq!(store.settle(&batch.lease, outcomes(Settlement::Delivered)).await.unwrap(), 0,
+        "a settled batch's lease is spent");
+    assert!(!store.renew(&batch.lease, Duration::from_secs(60)).await.unwrap());
+    assert!(store.claim(&claim(100, 10, 0)).await.unwrap().batches.is_empty(), "waits out its retry");
+    assert_eq!(store.expedite_retries().await.unwrap(), 100);
+    let retried = store.claim(&claim(100, 10, 0)).await.unwrap();
+    assert_eq!(retried.batches.len(), 1, "the retried batch comes back whole");
+    assert_eq!(retried.batches[0].records.len(), 100);
+    assert!(retried.batches[0].records.iter().all(|r| r.attempts == 2
+        && r.last_error.as_deref() == Some("HubSpot answered 503")));
+
+    // Released: back in the queue, the attempt not counted; dead: kept with its reason.
+    let released = &retried.batches[0];
+    let ids: Vec<i64> = released.records.iter().map(|r| r.id).collect();
+    let mut settlements: Vec<(i64, Settlement)> =
+        ids.iter().map(|id| (*id, Settlement::Release)).collect();
+    settlements[0].1 = Settlement::Dead { reason: "refused".into() };
+    store.settle(&released.lease, settlements).await.unwrap();
+    let again = store.claim(&claim(100, 10, 0)).await.unwrap();
+    assert_eq!(again.batches[0].records.len(), 99);
+    assert!(again.batches[0].records.iter().all(|r| r.attempts == 2));
     let dead = store.records(Some(RecordStatus::Dead), 10).await.unwrap();
+    assert_eq!((dead[0].id, dead[0].last_error.as_deref()), (ids[0], Some("refused")));
+
+    // Everything claimed settles delivered.
+    for batch in lingering.batches[1..].iter().chain(&partial.batches).chain(&again.batches) {
+        let done = batch.records.iter().map(|r| (r.id, Settlement::Delivered)).collect();
+        store.settle(&batch.lease, done).await.unwrap();
+    }
+    let stats = store.queue_stats().await.unwrap();
     assert_eq!(
-        (dead.len(), dead[0].id, dead[0].last_error.as_deref()),
-        (1, ids[2], Some("refused"))
+        (stats.count(RecordStatus::Pending), stats.count(RecordStatus::Delivered), stats.count(RecordStatus::Dead)),
+        (0, 279 + 7, 1),
+        "the seven pending records of the ingest suite were delivered too"
     );
-    let delivered = store
-        .records(Some(RecordStatus::Delivered), 10)
+    assert_eq!(stats.oldest_pending_ms, None);
+}
+
+/// Groups share the claims fairly, and a lease that runs out frees its batch.
+async fn fairness_and_lease_suite(store: &dyn Store) {
+    let mut records: Vec<NewRecord> = (0..300)
+        .map(|i| record_of("long", &format!("l{i}@x.io"), State::Register, i))
+        .collect();
+    records.extend((0..100).map(|i| record_of("short", &format!("t{i}@x.io"), State::Register, i)));
+    ingest(store, records).await;
+    let mut request = claim(100, 2, 0);
+    request.lease = Duration::ZERO;
+    let first = store.claim(&request).await.unwrap();
+    let mut events: Vec<&str> = first.batches.iter().map(|b| b.group.external_event_id.as_str()).collect();
+    events.sort();
+    assert_eq!(events, vec!["long", "short"], "one batch per group before a second from any");
+
+    // Their claimer died: the leases ran out at once, so the batches are ready again.
+    let taken_over = store.claim(&claim(100, 10, 0)).await.unwrap();
+    assert_eq!(taken_over.batches.iter().map(|b| b.records.len()).sum::<usize>(), 400);
+    let stale = &first.batches[0];
+    let late = stale.records.iter().map(|r| (r.id, Settlement::Dead { reason: "late".into() })).collect();
+    assert_eq!(store.settle(&stale.lease, late).await.unwrap(), 0,
+        "a forwarder whose lease ran out cannot overwrite the new claimer's outcome");
+    for batch in &taken_over.batches {
+        let done = batch.records.iter().map(|r| (r.id, Settlement::Delivered)).collect();
+        assert_eq!(store.settle(&batch.lease, done).await.unwrap(), batch.records.len());
+    }
+}
+
+/// Deliveries that only point at their data: claimed for fetching, retried,
+/// resolved into (deduplicated) records, or failed — and always counted.
+async fn deferred_suite(store: &dyn Store) {
+    store.ingest(deferred("points at order 1"), Vec::new()).await.unwrap();
+    store.ingest(deferred("points at order 2"), Vec::new()).await.unwrap();
+    ingest(store, vec![record("z@x.io", State::Register, 9)]).await;
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(stats.count(RecordStatus::Pending), 3, "deliveries waiting to be fetched count");
+
+    let due = store.claim_deliveries(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(due.len(), 2, "only deferred deliveries are fetched");
+    assert_eq!((due[0].body.as_slice(), due[0].attempts), (&b"points at order 1"[..], 1));
+    assert!(store.claim_deliveries(10, Duration::from_secs(60)).await.unwrap().is_empty(),
+        "one fetcher fetches each");
+    let (first, second) = (due[0].clone(), due[1].clone());
+
+    let retried = FetchOutcome::Retry {
+        delay: Duration::ZERO,
+        error: "Eventbrite answered 503".into(),
+    };
+    store.settle_delivery(&first, retried).await.unwrap();
+    let first = store.claim_deliveries(10, Duration::from_secs(60)).await.unwrap().remove(0);
+    assert_eq!(first.attempts, 2);
+
+    // Resolved with a problem: the records that could be mapped are stored,
+    // the delivery stays visible as failed.
+    let outcome = store
+        .settle_delivery(
+            &first,
+            FetchOutcome::Resolved {
+                records: vec![record("f@x.io", State::Register, 1), record("z@x.io", State::Register, 9)],
+                problem: Some("attendee 2 has no event_id".into()),
+            },
+        )
         .await
         .unwrap();
+    assert_eq!(outcome.fresh, vec![true, false]);
+    store
+        .settle_delivery(&second, FetchOutcome::Failed { reason: "gone".into() })
+        .await
+        .unwrap();
+    let stats = store.queue_stats().await.unwrap();
     assert_eq!(
-        delivered.iter().map(|r| r.id).collect::<Vec<_>>(),
-        vec![ids[0]]
+        (stats.count(RecordStatus::Pending), stats.count(RecordStatus::Dead)),
+        (2, 1 + 2),
+        "two pending records; beside the dead record, two deliveries that could not (fully) become records"
     );
+    // A settlement after the lease was lost changes nothing.
+    let stale = store
+        .settle_delivery(&second, FetchOutcome::Resolved { records: vec![record("q@x.io", State::Register, 1)], problem: None })
+        .await
+        .unwrap();
+    assert!(stale.fresh.is_empty());
+}
+
+/// Retention removes settled records and their deliveries in chunks, never
+/// pending ones or deliveries waiting to be fetched.
+async fn purge_suite(store: &dyn Store) {
+    let before = store.queue_stats().await.unwrap();
+    let settled = before.count(RecordStatus::Delivered)
+        + before.count(RecordStatus::Dead)
+        + before.count(RecordStatus::Unmappable);
+    assert!(settled > 10);
+    let cutoff = now_ms() + 1;
+    assert_eq!(store.purge_settled(cutoff, 10).await.unwrap(), 10, "one chunk at a time");
+    while store.purge_settled(cutoff, 10).await.unwrap() > 0 {}
+    let after = store.queue_stats().await.unwrap();
+    assert_eq!(after.count(RecordStatus::Delivered) + after.count(RecordStatus::Unmappable), 0);
+    assert_eq!(after.count(RecordStatus::Pending), before.count(RecordStatus::Pending));
+    assert!(store.records(None, 1000).await.unwrap().iter().all(|r| r.status == RecordStatus::Pending));
 }
 
 /// The OAuth credential: absent, stored, replaced by a newer one, per key.
 async fn credentials(store: &dyn Store) {
-    assert!(
-        store
-            .load_credential("hubspot-oauth:app")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(store.load_credential("hubspot-oauth:app").await.unwrap().is_none());
     let mut credential = StoredCredential {
         origin: "install-1".into(),
         refresh_token: Secret::from("refresh-1".to_owned()),
         access_token: Secret::from("access-1".to_owned()),
         expires_at_ms: 1_000,
     };
-    store
-        .save_credential("hubspot-oauth:app", &credential)
-        .await
-        .unwrap();
+    store.save_credential("hubspot-oauth:app", &credential).await.unwrap();
     credential.access_token = Secret::from("access-2".to_owned());
     credential.expires_at_ms = 2_000;
-    store
-        .save_credential("hubspot-oauth:app", &credential)
-        .await
-        .unwrap();
-    let loaded = store
-        .load_credential("hubspot-oauth:app")
-        .await
-        .unwrap()
-        .unwrap();
+    store.save_credential("hubspot-oauth:app", &credential).await.unwrap();
+    let loaded = store.load_credential("hubspot-oauth:app").await.unwrap().unwrap();
     assert_eq!(
-        (
-            loaded.origin.as_str(),
-            loaded.refresh_token.expose(),
-            loaded.access_token.expose(),
-            loaded.expires_at_ms
-        ),
+        (loaded.origin.as_str(), loaded.refresh_token.expose(), loaded.access_token.expose(), loaded.expires_at_ms),
         ("install-1", "refresh-1", "access-2", 2_000)
     );
-    assert!(
-        !format!("{loaded:?}").contains("access-2"),
-        "Debug hides the tokens"
-    );
-    assert!(
-        store
-            .load_credential("hubspot-oauth:other")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!format!("{loaded:?}").contains("access-2"), "Debug hides the tokens");
+    assert!(store.load_credential("hubspot-oauth:other").await.unwrap().is_none());
 }
 
-/// Deliveries that only point at their data: stored, due for fetching,
-/// retried, resolved into (deduplicated) records, or failed.
-async fn deferred_suite(store: Arc<dyn Store>) {
-    let now = now_ms();
-    let mut pointer = delivery("points at order 1", now);
-    pointer.deferred = true;
-    let stored = store.ingest(pointer.clone(), Vec::new()).await.unwrap();
-    assert!(!stored.duplicate_delivery && stored.fresh.is_empty());
-    let mut other = delivery("points at order 2", now);
-    other.deferred = true;
-    store.ingest(other, Vec::new()).await.unwrap();
-    store
-        .ingest(
-            delivery("plain", now),
-            vec![record("z@x.io", State::Register, 9)],
-        )
-        .await
-        .unwrap();
-
-    let due = store.due_deliveries(now, 10).await.unwrap();
-    assert_eq!(
-        due.len(),
-        2,
-        "only deferred deliveries are due for fetching"
-    );
-    assert_eq!(
-        (due[0].body.as_slice(), due[0].attempts),
-        (pointer.body.as_slice(), 0)
-    );
-    let (first, second) = (due[0].clone(), due[1].clone());
-
-    let retried = FetchOutcome::Retry {
-        at_ms: now + 5_000,
-        error: "Eventbrite answered 503".into(),
-    };
-    store.settle_delivery(&first, retried).await.unwrap();
-    let due: Vec<i64> = store
-        .due_deliveries(now, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| d.id)
-        .collect();
-    assert_eq!(due, vec![second.id]);
-    let later = store.due_deliveries(now + 5_000, 10).await.unwrap();
-    assert_eq!(
-        later.iter().find(|d| d.id == first.id).map(|d| d.attempts),
-        Some(1)
-    );
-
-    // Resolved: its records are stored like any ingest's, deduplicated.
-    let records = vec![
-        record("a@x.io", State::Register, 1),
-        record("z@x.io", State::Register, 9),
-    ];
-    let outcome = store
-        .settle_delivery(&first, FetchOutcome::Resolved(records))
-        .await
-        .unwrap();
-    assert_eq!(outcome.fresh, vec![true, false]);
-    store
-        .settle_delivery(
-            &second,
-            FetchOutcome::Failed {
-                reason: "gone".into(),
-            },
-        )
-        .await
-        .unwrap();
-    assert!(
-        store
-            .due_deliveries(now + 60_000, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let pending = store
-        .records(Some(RecordStatus::Pending), 10)
-        .await
-        .unwrap();
-    assert_eq!(pending.len(), 2);
-
-    // A delivery still waiting for its fetch survives retention.
-    let mut waiting = delivery("points at order 3", now - 10_000);
-    waiting.deferred = true;
-    store.ingest(waiting, Vec::new()).await.unwrap();
-    store.purge_settled(now + 1).await.unwrap();
-    assert_eq!(
-        store.due_deliveries(now + 60_000, 10).await.unwrap().len(),
-        1
-    );
+/// The whole contract, on a fresh store.
+pub async fn suite(store: Arc<dyn Store>) {
+    assert!(store.alive());
+    ingest_suite(&*store).await;
+    queue_suite(&*store).await;
+    fairness_and_lease_suite(&*store).await;
+    deferred_suite(&*store).await;
+    purge_suite(&*store).await;
+    credentials(&*store).await;
+    store.check_writable().await.unwrap();
     store.close().await;
+    assert!(store.check_writable().await.is_err(), "a closed store refuses writes");
+    assert!(!store.alive(), "a store whose writer stopped is not alive");
 }
 
 #[actix_web::test]
 async fn sqlite_store_passes_the_store_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("nested/relay.db").to_str().unwrap()).unwrap();
-    suite(Arc::new(store)).await;
-    let store = SqliteStore::open(dir.path().join("deferred.db").to_str().unwrap()).unwrap();
-    deferred_suite(Arc::new(store)).await;
+    suite(open_sqlite(&dir.path().join("nested/relay.db"))).await;
 }
 
 #[actix_web::test]
 async fn concurrent_writes_share_commits_and_all_land() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(dir.path().join("relay.db").to_str().unwrap()).unwrap());
+    let store = open_sqlite(&dir.path().join("relay.db"));
     let writes = (0..500).map(|i| {
         let store = Arc::clone(&store);
         async move {
             store
-                .ingest(
-                    delivery(&format!("d{i}"), now_ms()),
-                    vec![record(&format!("p{i}@x.io"), State::Attend, i)],
-                )
+                .ingest(delivery(&format!("d{i}")), vec![record(&format!("p{i}@x.io"), State::Attend, i)])
                 .await
                 .unwrap()
         }
@@ -404,80 +380,70 @@ async fn concurrent_writes_share_commits_and_all_land() {
     store.close().await;
 }
 
-/// The schema the first release created (user_version 0), as a fixture.
-const FIRST_RELEASE_SCHEMA: &str = r#"
-CREATE TABLE deliveries (
-    id INTEGER PRIMARY KEY, source TEXT NOT NULL, dedupe_key BLOB NOT NULL,
-    received_ms INTEGER NOT NULL, body BLOB NOT NULL, UNIQUE (source, dedupe_key));
-CREATE TABLE records (
-    id INTEGER PRIMARY KEY, delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
-    dedupe_key BLOB NOT NULL UNIQUE, source TEXT NOT NULL, state TEXT NOT NULL,
-    email TEXT NOT NULL, first_name TEXT, last_name TEXT, vid INTEGER,
-    external_event_id TEXT NOT NULL, external_account_id TEXT NOT NULL,
-    interaction_ms INTEGER NOT NULL, properties TEXT NOT NULL, event_info TEXT,
-    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_ms INTEGER NOT NULL,
-    last_error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
-CREATE INDEX records_by_status ON records (status, next_attempt_ms);
-CREATE INDEX records_by_contact ON records (external_event_id, email);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"#;
+/// A copy of a fixture store written by an earlier release.
+fn fixture(name: &str, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("relay.db");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name), &path).unwrap();
+    path
+}
+
+fn schema_version(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap()
+}
 
 #[actix_web::test]
 async fn a_first_release_database_is_upgraded_in_place() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.db");
-    let old = record("kept@x.io", State::Register, 7);
-    {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(FIRST_RELEASE_SCHEMA).unwrap();
-        conn.execute(
-            "INSERT INTO deliveries (id, source, dedupe_key, received_ms, body) VALUES (1, 'zoom', x'01', 5, x'7b7d')",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO records (delivery_id, dedupe_key, source, state, email, external_event_id,
-                 external_account_id, interaction_ms, properties, status, next_attempt_ms, created_ms, updated_ms)
-             VALUES (1, ?1, 'zoom', 'register', 'kept@x.io', 'evt', 'acc', 7, '{}', 'pending', 5, 5, 5)",
-            [&old.dedupe_key("zoom")[..]],
-        )
-        .unwrap();
-    }
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path.to_str().unwrap()).unwrap());
-    let due = store.due(now_ms(), 10).await.unwrap();
+    let path = fixture("first-release.db", dir.path());
+    assert_eq!(schema_version(&path), 0);
+    let store = open_sqlite(&path);
+    let pending = store.records(Some(RecordStatus::Pending), 10).await.unwrap();
+    assert_eq!(pending.len(), 5, "every pending record survives");
+    assert!(pending.iter().any(|r| r.record.email == "reg@example.com" && r.record.state == State::Register));
+    // Its records keep their identity: the same join again is a duplicate.
+    let mut join = pending[0].record.clone();
+    join.sender_id = None;
+    assert_eq!(ingest(&*store, vec![join, record("new@x.io", State::Attend, 8)]).await, vec![false, true]);
+    let claimed = store.claim(&claim(100, 10, 0)).await.unwrap();
+    assert_eq!(claimed.batches.iter().map(|b| b.records.len()).sum::<usize>(), 6);
+    store.close().await;
+    assert_eq!(schema_version(&path), 3);
+    // Opening again is a no-op.
+    let reopened = open_sqlite(&path);
+    assert_eq!(reopened.records(None, 10).await.unwrap().len(), 6);
+    reopened.close().await;
+}
+
+#[actix_web::test]
+async fn a_second_release_database_keeps_one_record_per_sender_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixture("second-release.db", dir.path());
+    assert_eq!(schema_version(&path), 2);
+    let store = open_sqlite(&path);
+    let generic: Vec<_> = store
+        .records(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.source == "generic")
+        .collect();
+    assert_eq!(generic.len(), 2, "nothing is deleted");
     assert_eq!(
-        (due.len(), due[0].record.email.as_str()),
-        (1, "kept@x.io"),
-        "the pending record survives"
+        (generic[0].status, generic[0].record.email.as_str()),
+        (RecordStatus::Pending, "first@example.com")
     );
-    let again = store
-        .ingest(
-            delivery("new body", now_ms()),
-            vec![old, record("new@x.io", State::Attend, 8)],
-        )
+    assert_eq!(generic[1].status, RecordStatus::Dead, "the second copy is not forwarded");
+    assert!(generic[1].last_error.as_deref().unwrap().contains("same sender id"));
+    // Sent a third time under the same id, with yet another email: a duplicate.
+    let mut resend = record_of("g-evt", "third@example.com", State::Register, 1_767_261_600_000);
+    resend.sender_id = Some("gen-1".into());
+    let outcome = store
+        .ingest(Delivery { source: "generic", ..delivery("resend") }, vec![resend])
         .await
         .unwrap();
-    assert_eq!(
-        again.fresh,
-        vec![false, true],
-        "its dedupe key still counts"
-    );
-    assert_eq!(
-        store
-            .claim(&[due[0].id], now_ms(), now_ms() + 1_000)
-            .await
-            .unwrap(),
-        vec![due[0].id]
-    );
+    assert_eq!(outcome.fresh, vec![false]);
     store.close().await;
-
-    let version: i64 = rusqlite::Connection::open(&path)
-        .unwrap()
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .unwrap();
-    assert_eq!(version, 2);
-    // Opening again is a no-op.
-    let reopened = SqliteStore::open(path.to_str().unwrap()).unwrap();
-    assert_eq!(reopened.records(None, 10).await.unwrap().len(), 2);
-    reopened.close().await;
 }

@@ -1,0 +1,396 @@
+//! One claimed batch, from contacts to settlement.
+
+use std::{collections::HashMap, time::Duration};
+
+use super::{
+    BatchEnd, Fate, LEASE, Shared,
+    contacts::Wanted,
+    isolate::{Named, Piece, isolate},
+};
+use crate::{
+    hubspot::{CallError, CreateOutcome, Subscriber, named_inputs},
+    record::{GroupKey, State, now_ms},
+    retry,
+    store::{ClaimedBatch, Settlement, StoredRecord},
+};
+
+/// Records with the contact id each is sent under.
+type Sendable = (i64, StoredRecord);
+
+/// The one retry delay of a batch: drawn when its first record has to wait.
+#[derive(Default)]
+struct BatchDelay(Option<Duration>);
+
+impl Shared {
+    /// Sends the batch (renewing its lease while that takes) and settles it.
+    pub(super) async fn forward(&self, batch: ClaimedBatch) -> BatchEnd {
+        let lease = batch.lease.clone();
+        let sending = self.send(batch);
+        tokio::pin!(sending);
+        let (settled, paused) = loop {
+            tokio::select! {
+                sent = &mut sending => break sent,
+                () = tokio::time::sleep(LEASE / 3) => self.renew(&lease).await,
+            }
+        };
+        self.settle(&lease, settled).await;
+        paused.map_or(BatchEnd::Done, BatchEnd::Paused)
+    }
+
+    async fn renew(&self, lease: &str) {
+        match self.store.renew(lease, LEASE).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("a batch's lease ran out while it was being sent"),
+            Err(err) => tracing::warn!(error = %err, "cannot renew a batch's lease"),
+        }
+    }
+
+    /// Every record's settlement, and the reason when forwarding must pause.
+    async fn send(
+        &self,
+        batch: ClaimedBatch,
+    ) -> (Vec<(StoredRecord, Settlement)>, Option<String>) {
+        let ClaimedBatch { group, records, .. } = batch;
+        let wanted: Vec<Wanted> = records
+            .iter()
+            .filter(|r| r.record.vid.is_none())
+            .map(|r| Wanted {
+                email: &r.record.email,
+                first_name: r.record.first_name.as_deref(),
+                last_name: r.record.last_name.as_deref(),
+            })
+            .collect();
+        let resolved = self
+            .contacts
+            .resolve(&self.hubspot, &wanted, self.config.create_contacts)
+            .await;
+        let mut resolved = match resolved {
+            Ok(resolved) => resolved,
+            Err(reason) => {
+                let released = records.into_iter().map(|r| (r, Settlement::Release));
+                return (released.collect(), Some(reason));
+            }
+        };
+
+        let mut delay = BatchDelay::default();
+        let mut settled = Vec::with_capacity(records.len());
+        let mut sendable: Vec<Sendable> = Vec::with_capacity(records.len());
+        for stored in records {
+            let vid = match stored.record.vid {
+                Some(vid) => Ok(vid),
+                None => resolved.remove(&stored.record.email).unwrap_or_else(|| {
+                    Err(Fate::Retry {
+                        reason: "the contact look-up gave no answer for this email".into(),
+                        retry_after: None,
+                    })
+                }),
+            };
+            match vid {
+                Ok(vid) => sendable.push((vid, stored)),
+                Err(fate) => {
+                    // Another record of the batch may share the email.
+                    resolved.insert(stored.record.email.clone(), Err(fate.clone()));
+                    let settlement = self.settlement(&stored, fate, &mut delay);
+                    settled.push((stored, settlement));
+                }
+            }
+        }
+
+        let pieces = isolate(
+            sendable,
+            async |chunk: &[Sendable]| self.create(&group, chunk).await,
+            named_creates,
+        )
+        .await;
+        let mut paused = None;
+        for Piece { items, answer } in pieces {
+            match answer {
+                Ok(outcome) => {
+                    self.healthy().await;
+                    settled.extend(self.settle_inputs(items, &outcome, &mut delay));
+                }
+                Err(CallError::Credential(reason)) => {
+                    settled.extend(items.into_iter().map(|(_, r)| (r, Settlement::Release)));
+                    paused = Some(reason);
+                }
+                Err(err) => {
+                    let fate = match err {
+                        CallError::Rejected {
+                            status, message, ..
+                        } => Fate::Dead(format!("HubSpot refused the input ({status}): {message}")),
+                        other => Fate::from(other),
+                    };
+                    for (_, stored) in items {
+                        let settlement = self.settlement(&stored, fate.clone(), &mut delay);
+                        settled.push((stored, settlement));
+                    }
+                }
+            }
+        }
+        (settled, paused)
+    }
+
+    /// Settles the inputs of a `create` HubSpot answered 2xx, each on its own.
+    fn settle_inputs(
+        &self,
+        items: Vec<Sendable>,
+        outcome: &CreateOutcome,
+        delay: &mut BatchDelay,
+    ) -> Vec<(StoredRecord, Settlement)> {
+        let clean = outcome.failed.is_empty() && !outcome.unattributed_errors;
+        items
+            .into_iter()
+            .map(|(vid, stored)| {
+                let settlement = match outcome.failed.get(&vid) {
+                    Some(message) => self.refused_input(&stored, vid, message),
+                    None if clean || outcome.done.contains(&vid) => Settlement::Delivered,
+                    None => {
+                        let fate = Fate::Retry {
+                            reason: "HubSpot reported errors without saying for which input"
+                                .into(),
+                            retry_after: None,
+                        };
+                        self.settlement(&stored, fate, delay)
+                    }
+                };
+                (stored, settlement)
+            })
+            .collect()
+    }
+
+    /// One `create` call; a 404 for the event creates it (once for all
+    /// groups of the event) when allowed, then sends again.
+    async fn create(
+        &self,
+        group: &GroupKey,
+        chunk: &[Sendable],
+    ) -> Result<CreateOutcome, CallError> {
+        match self.create_once(group, chunk).await {
+            Err(CallError::Rejected {
+                status: 404,
+                message,
+                ..
+            }) => {
+                self.ensure_event(group, chunk, &message).await?;
+                self.create_once(group, chunk).await.map_err(|err| match err {
+                    CallError::Rejected { status: 404, .. } => CallError::Transient {
+                        reason: format!(
+                            "HubSpot still has no marketing event {} after creating it ({message})",
+                            group.external_event_id
+                        ),
+                        retry_after: None,
+                    },
+                    other => other,
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn create_once(
+        &self,
+        group: &GroupKey,
+        chunk: &[Sendable],
+    ) -> Result<CreateOutcome, CallError> {
+        let inputs: Vec<Subscriber> = chunk
+            .iter()
+            .map(|(vid, stored)| Subscriber {
+                vid: *vid,
+                interaction_ms: stored.record.interaction_ms,
+                properties: &stored.record.properties,
+            })
+            .collect();
+        self.metrics.hubspot_batch_size.observe(inputs.len() as f64);
+        self.hubspot
+            .create_attendance(
+                &group.external_account_id,
+                &group.external_event_id,
+                group.state,
+                &inputs,
+            )
+            .await
+    }
+
+    /// HubSpot does not know the event: create it from what the platform
+    /// told us, unless that is switched off (then the refusal stands).
+    async fn ensure_event(
+        &self,
+        group: &GroupKey,
+        chunk: &[Sendable],
+        message: &str,
+    ) -> Result<(), CallError> {
+        let (account, event) = (&group.external_account_id, &group.external_event_id);
+        if !self.config.upsert_events {
+            return Err(CallError::Rejected {
+                status: 404,
+                message: format!(
+                    "HubSpot has no marketing event {event} for account {account} and \
+                     RELAY_UPSERT_EVENTS=false ({message})"
+                ),
+                body: serde_json::Value::Null,
+            });
+        }
+        let once = self
+            .events
+            .borrow_mut()
+            .entry((account.clone(), event.clone()))
+            .or_default()
+            .clone();
+        let mut created = once.lock().await;
+        if *created {
+            return Ok(());
+        }
+        let info = chunk
+            .iter()
+            .find_map(|(_, stored)| stored.record.event.clone())
+            .unwrap_or_default();
+        let organizer = chunk
+            .first()
+            .map_or("attendance-relay", |(_, stored)| stored.source.as_str());
+        self.hubspot
+            .upsert_event(account, event, &organizer_name(organizer), &info)
+            .await?;
+        *created = true;
+        tracing::info!(%account, %event, "created the marketing event in HubSpot");
+        Ok(())
+    }
+
+    /// HubSpot refused one input of a batch. A contact id from our cache may
+    /// be stale (merged or deleted contact): look it up again once.
+    fn refused_input(&self, stored: &StoredRecord, vid: i64, message: &str) -> Settlement {
+        if stored.record.vid.is_none() && stored.attempts <= 1 {
+            self.contacts.forget(vid);
+            return Settlement::Retry {
+                delay: Duration::ZERO,
+                error: format!("HubSpot refused contact {vid}: {message}; looking it up again"),
+            };
+        }
+        Settlement::Dead {
+            reason: format!("HubSpot refused the input: {message}"),
+        }
+    }
+
+    fn settlement(&self, stored: &StoredRecord, fate: Fate, delay: &mut BatchDelay) -> Settlement {
+        match fate {
+            Fate::Dead(reason) => Settlement::Dead { reason },
+            Fate::Paused(_) => Settlement::Release,
+            Fate::Retry {
+                reason,
+                retry_after,
+            } => {
+                let too_old = retry::give_up(
+                    now_ms(),
+                    stored.created_ms,
+                    self.config.max_record_age,
+                    &reason,
+                );
+                match too_old {
+                    Some(reason) => Settlement::Dead { reason },
+                    None => Settlement::Retry {
+                        delay: self.batch_delay(delay, retry_after),
+                        error: reason,
+                    },
+                }
+            }
+        }
+    }
+
+    /// The first retry of a batch counts one more failure in a row and draws
+    /// the delay every record of the batch then waits.
+    fn batch_delay(&self, delay: &mut BatchDelay, retry_after: Option<Duration>) -> Duration {
+        let drawn = *delay.0.get_or_insert_with(|| {
+            let failures = self.health.failures.get() + 1;
+            self.health.failures.set(failures);
+            retry::delay(failures, None)
+        });
+        drawn.max(retry_after.unwrap_or_default())
+    }
+
+    /// A call succeeded: if calls were failing, what waits out a backoff is
+    /// due now.
+    async fn healthy(&self) {
+        if self.health.failures.replace(0) == 0 {
+            return;
+        }
+        match self.store.expedite_retries().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(records = n, "HubSpot answers again: retrying now");
+                self.wake.notify_one();
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot bring retries forward"),
+        }
+    }
+
+    async fn settle(&self, lease: &str, settled: Vec<(StoredRecord, Settlement)>) {
+        if settled.is_empty() {
+            return;
+        }
+        let mut counts: HashMap<(State, &str), u64> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(settled.len());
+        for (stored, settlement) in settled {
+            let outcome = match &settlement {
+                Settlement::Delivered => Some("delivered"),
+                Settlement::Dead { reason } => {
+                    tracing::warn!(record = stored.id, %reason, "dead letter");
+                    Some("dead_lettered")
+                }
+                Settlement::Retry { .. } | Settlement::Release => None,
+            };
+            if let Some(outcome) = outcome {
+                *counts.entry((stored.record.state, outcome)).or_default() += 1;
+            }
+            outcomes.push((stored.id, settlement));
+        }
+        let expected = outcomes.len();
+        match self.store.settle(lease, outcomes).await {
+            Ok(changed) if changed == expected => {}
+            Ok(changed) => tracing::warn!(
+                changed,
+                expected,
+                "part of a batch was taken over by another forwarder before it settled"
+            ),
+            Err(err) => {
+                // The lease runs out and the batch is sent again.
+                tracing::error!(error = %err, "cannot settle a batch; it will be sent again");
+                return;
+            }
+        }
+        for ((state, outcome), n) in counts {
+            self.metrics
+                .records
+                .with_label_values(&[state.as_str(), outcome])
+                .inc_by(n);
+        }
+    }
+}
+
+/// Which inputs of a refused `create` HubSpot named; a 404 (no such event)
+/// refuses the whole request.
+fn named_creates(status: u16, body: &serde_json::Value, chunk: &[Sendable]) -> Named {
+    if status == 404 {
+        return Named::All;
+    }
+    let vids: Vec<String> = chunk.iter().map(|(vid, _)| vid.to_string()).collect();
+    Named::Inputs(named_inputs(body, &vids))
+}
+
+/// `zoom` → `Zoom`: the marketing event's organizer is the platform.
+fn organizer_name(source: &str) -> String {
+    let mut chars = source.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_organizer_is_the_platform() {
+        assert_eq!(organizer_name("zoom"), "Zoom");
+        assert_eq!(organizer_name(""), "");
+    }
+}

@@ -1,0 +1,504 @@
+//! Embedded SQLite store. One writer thread owns the write connection and
+//! commits whatever jobs have queued up in one transaction (group commit), so
+//! many concurrent webhooks share one fsync. Reads use a small pool of their
+//! own connections (WAL lets them run beside the writer), and the WAL is
+//! checkpointed by another thread, off the commit path.
+
+mod queries;
+mod schema;
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc as std_mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{
+    ClaimRequest, Claimed, DeferredDelivery, FetchOutcome, IngestOutcome, QueueStats,
+    RecordStatus, Settlement, Store, StoreError, StoredCredential, StoredRecord,
+};
+use crate::{
+    record::{Delivery, NewRecord, now_ms},
+    settings::Secret,
+};
+use queries::{RECORD_COLUMNS, row_to_record};
+
+/// Most jobs one transaction takes; bounds the latency a single commit adds.
+const MAX_GROUP: usize = 512;
+/// Jobs that may wait for the writer before senders are slowed down (their
+/// bodies are bounded by the HTTP layer's in-flight budget).
+const QUEUE_DEPTH: usize = 8192;
+/// Reader connections: metrics, inspection and credential reads never queue
+/// behind each other's slow read.
+const READERS: usize = 4;
+/// The checkpoint thread copies WAL frames into the database this often, so
+/// little is left for the writer's catch-up below.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
+/// Under steady load the background checkpoint never sees the WAL's end (the
+/// writer keeps appending), so SQLite never restarts the WAL and it grows
+/// without bound. This often the writer itself checkpoints the few frames the
+/// background one has not copied yet, which lets the next commit restart it.
+const WAL_RESTART_EVERY: Duration = Duration::from_millis(200);
+/// A locked database fails the write (503, the platform retries) after this
+/// rather than holding the webhook past the platform's own timeout (Zoom: 3 s).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// SQLite's errors in the store's kinds: what may pass (locked, full, I/O)
+/// is unavailable, the rest is broken.
+fn sql_error(err: rusqlite::Error) -> StoreError {
+    let transient = matches!(
+        err.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+        )
+    );
+    if transient {
+        StoreError::Unavailable(err.to_string())
+    } else {
+        StoreError::Broken(format!("database error: {err}"))
+    }
+}
+
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Runs inside the group transaction (`None`: the transaction could not begin,
+/// so the job must not run); the returned reply learns whether it committed.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Reply + Send>;
+
+enum Msg {
+    Job(Job),
+    Stop,
+}
+
+/// Reader connections handed out one per read.
+struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Msg>,
+    readers: Arc<Readers>,
+    writer_alive: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Marks the writer dead however its thread ends, a panic included.
+struct AliveWhileHeld(Arc<AtomicBool>);
+
+impl Drop for AliveWhileHeld {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+fn connect(path: &str) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(sql_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_error)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    pub fn open(path: &str) -> Result<Self, StoreError> {
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|err| {
+                StoreError::Broken(format!("cannot create {}: {err}", dir.display()))
+            })?;
+        }
+        let mut writer = connect(path)?;
+        // FULL: every commit fsyncs the WAL, so an acknowledged webhook survives power loss.
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA wal_autocheckpoint = 0;
+                 PRAGMA foreign_keys = ON;",
+            )
+            .map_err(sql_error)?;
+        schema::migrate(&mut writer)?;
+
+        let readers = (0..READERS)
+            .map(|_| connect(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let checkpointer = connect(path)?;
+        let (jobs, inbox) = mpsc::channel(QUEUE_DEPTH);
+        let (stop_checkpoints, checkpoint_stop) = std_mpsc::channel::<()>();
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        let alive = AliveWhileHeld(Arc::clone(&writer_alive));
+        let spawn_failed = |err: std::io::Error| StoreError::Broken(format!("cannot start: {err}"));
+        let writer_thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                let _alive = alive;
+                run_writer(&writer, inbox);
+                drop(stop_checkpoints);
+            })
+            .map_err(spawn_failed)?;
+        let checkpoint_thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || run_checkpoints(&checkpointer, &checkpoint_stop))
+            .map_err(spawn_failed)?;
+
+        Ok(Self {
+            jobs,
+            readers: Arc::new(Readers {
+                idle: Mutex::new(readers),
+                permits: Semaphore::new(READERS),
+            }),
+            writer_alive,
+            threads: Mutex::new(vec![writer_thread, checkpoint_thread]),
+        })
+    }
+
+    /// Runs `f` in the next group transaction; resolves once that transaction
+    /// has committed (and fsync'd) or failed.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = conn.map(|conn| in_savepoint(conn, |conn| f(conn, now_ms())));
+            Box::new(move |committed: Result<(), StoreError>| {
+                let _ = tx.send(committed.and_then(|()| result.expect("ran when the group began")));
+            })
+        });
+        self.jobs
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        let _permit = readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let conn = readers
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+            .ok_or(StoreError::Closed)?;
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&conn);
+            (conn, result)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+        readers
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(conn);
+        result
+    }
+}
+
+/// One job's writes are undone alone if it fails, without sinking the group.
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job").map_err(sql_error)?;
+    match f(conn) {
+        Ok(value) => {
+            conn.execute_batch("RELEASE job").map_err(sql_error)?;
+            Ok(value)
+        }
+        Err(err) => {
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(err)
+        }
+    }
+}
+
+fn run_writer(conn: &Connection, mut inbox: mpsc::Receiver<Msg>) {
+    let mut stopping = false;
+    let mut last_restart = Instant::now();
+    while !stopping {
+        let Some(first) = inbox.blocking_recv() else {
+            break;
+        };
+        let mut group = Vec::new();
+        match first {
+            Msg::Job(job) => group.push(job),
+            Msg::Stop => break,
+        }
+        while group.len() < MAX_GROUP {
+            match inbox.try_recv() {
+                Ok(Msg::Job(job)) => group.push(job),
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(conn, group);
+        if last_restart.elapsed() >= WAL_RESTART_EVERY && wal_caught_up(conn) {
+            last_restart = Instant::now();
+        }
+    }
+    inbox.close();
+    // Jobs queued after the stop get `Closed` when their reply channel drops.
+    while let Ok(msg) = inbox.try_recv() {
+        drop(msg);
+    }
+}
+
+fn commit_group(conn: &Connection, group: Vec<Job>) {
+    if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = sql_error(err);
+        tracing::error!(error = %err, "store cannot begin a transaction");
+        for job in group {
+            job(None)(Err(err.clone()));
+        }
+        return;
+    }
+    let replies: Vec<Reply> = group.into_iter().map(|job| job(Some(conn))).collect();
+    let committed = conn.execute_batch("COMMIT").map_err(sql_error);
+    if let Err(err) = &committed {
+        tracing::error!(error = %err, "store cannot commit");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for reply in replies {
+        reply(committed.clone());
+    }
+}
+
+/// Checkpoints what the background thread has not copied yet; true when the
+/// whole WAL is in the database (the next commit then restarts the WAL).
+/// False while the background checkpoint holds the lock: try after the next commit.
+fn wal_caught_up(conn: &Connection) -> bool {
+    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    });
+    match result {
+        Ok((busy, log, copied)) => busy == 0 && log == copied,
+        Err(err) => {
+            tracing::warn!(error = %err, "WAL checkpoint failed");
+            true
+        }
+    }
+}
+
+fn run_checkpoints(conn: &Connection, stop: &std_mpsc::Receiver<()>) {
+    while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(err) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!(error = %err, "WAL checkpoint failed");
+        }
+    }
+    if let Err(err) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %err, "final WAL checkpoint failed");
+    }
+}
+
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ingest(
+        &self,
+        delivery: Delivery,
+        records: Vec<NewRecord>,
+    ) -> Result<IngestOutcome, StoreError> {
+        self.write(move |conn, now| queries::insert_delivery(conn, &delivery, &records, now))
+            .await
+    }
+
+    fn alive(&self) -> bool {
+        self.writer_alive.load(Ordering::SeqCst)
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.write(|conn, now| {
+            conn.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('heartbeat', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut upsert| upsert.execute(params![now.to_string()]))
+            .map(drop)
+            .map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        self.read(queries::queue_stats).await
+    }
+
+    async fn records(
+        &self,
+        status: Option<RecordStatus>,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.read(move |conn| {
+            // A leased record is pending to everyone but the queue.
+            let statuses: &[&str] = match status {
+                None => &["pending", "leased", "unmappable", "delivered", "dead"],
+                Some(RecordStatus::Pending) => &["pending", "leased"],
+                Some(other) => &[other.as_str(), other.as_str()],
+            };
+            let list = statuses
+                .iter()
+                .map(|s| format!("'{s}'"))
+                .collect::<Vec<_>>()
+                .join(",");
+            conn.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records WHERE status IN ({list}) ORDER BY id LIMIT ?1"
+            ))
+            .and_then(|mut select| select.query_map(params![limit], row_to_record)?.collect())
+            .map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claimed, StoreError> {
+        let request = request.clone();
+        self.write(move |conn, now| queries::claim(conn, &request, now))
+            .await
+    }
+
+    async fn renew(&self, lease: &str, extend: Duration) -> Result<bool, StoreError> {
+        let lease = lease.to_owned();
+        let extend = i64::try_from(extend.as_millis()).unwrap_or(i64::MAX);
+        self.write(move |conn, now| queries::renew(conn, &lease, now.saturating_add(extend)))
+            .await
+    }
+
+    async fn settle(
+        &self,
+        lease: &str,
+        outcomes: Vec<(i64, Settlement)>,
+    ) -> Result<usize, StoreError> {
+        let lease = lease.to_owned();
+        self.write(move |conn, now| queries::settle(conn, &lease, &outcomes, now))
+            .await
+    }
+
+    async fn expedite_retries(&self) -> Result<u64, StoreError> {
+        self.write(queries::expedite_retries).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<DeferredDelivery>, StoreError> {
+        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        self.write(move |conn, now| {
+            queries::claim_deliveries(conn, limit, now.saturating_add(lease), now)
+        })
+        .await
+    }
+
+    async fn settle_delivery(
+        &self,
+        delivery: &DeferredDelivery,
+        outcome: FetchOutcome,
+    ) -> Result<IngestOutcome, StoreError> {
+        let delivery = delivery.clone();
+        self.write(move |conn, now| queries::settle_delivery(conn, &delivery, &outcome, now))
+            .await
+    }
+
+    async fn load_credential(&self, key: &str) -> Result<Option<StoredCredential>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT origin, refresh_token, access_token, expires_at_ms FROM credentials
+                 WHERE key = ?1",
+            )
+            .and_then(|mut select| {
+                select
+                    .query_row(params![key], |row| {
+                        Ok(StoredCredential {
+                            origin: row.get(0)?,
+                            refresh_token: Secret::from(row.get::<_, String>(1)?),
+                            access_token: Secret::from(row.get::<_, String>(2)?),
+                            expires_at_ms: row.get(3)?,
+                        })
+                    })
+                    .optional()
+            })
+            .map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn save_credential(
+        &self,
+        key: &str,
+        credential: &StoredCredential,
+    ) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        let credential = credential.clone();
+        self.write(move |conn, now| {
+            conn.prepare_cached(
+                "INSERT INTO credentials (key, origin, refresh_token, access_token, expires_at_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (key) DO UPDATE SET origin = excluded.origin,
+                     refresh_token = excluded.refresh_token, access_token = excluded.access_token,
+                     expires_at_ms = excluded.expires_at_ms, updated_ms = excluded.updated_ms",
+            )
+            .and_then(|mut upsert| {
+                upsert.execute(params![
+                    key,
+                    credential.origin,
+                    credential.refresh_token.expose(),
+                    credential.access_token.expose(),
+                    credential.expires_at_ms,
+                    now,
+                ])
+            })
+            .map(drop)
+            .map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn purge_settled(&self, older_than_ms: i64, max_rows: u64) -> Result<u64, StoreError> {
+        self.write(move |conn, _| queries::purge_settled(conn, older_than_ms, max_rows))
+            .await
+    }
+
+    async fn close(&self) {
+        let _ = self.jobs.send(Msg::Stop).await;
+        self.readers.permits.close();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
