@@ -36,8 +36,10 @@ use contacts::Contacts;
 /// Batches sent at once; the rate limiter paces them, this bounds what a
 /// hanging HubSpot can hold.
 const MAX_IN_FLIGHT: usize = 8;
-/// How long a claimed batch stays with this forwarder unless renewed.
-const LEASE: Duration = Duration::from_secs(60);
+/// How long a claimed batch stays with this forwarder unless renewed (every
+/// third of it while the batch is at work): a forwarder that dies leaves its
+/// batches to others after at most this long.
+const LEASE: Duration = Duration::from_secs(15);
 /// Retries and other replicas' records come due without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const PAUSE_FIRST: Duration = Duration::from_secs(2);

@@ -91,7 +91,8 @@ async fn a_record_whose_call_was_cut_by_a_crash_is_delivered_after_restart() {
     assert!(hubspot.attendance().is_empty());
 
     let mut restarted = Gateway::start_with(&db, &env, None).await;
-    wait_until("the record reaches HubSpot", 10, async || {
+    // Its lease (15 s) has to run out first: the dead process held it.
+    wait_until("the record reaches HubSpot", 40, async || {
         hubspot.attendance().len() == 1
     })
     .await;

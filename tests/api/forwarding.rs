@@ -141,8 +141,8 @@ async fn many_joins_travel_in_few_batches_exactly_as_hubspot_requires() {
         .filter(|c| c.operation == Operation::ContactsUpsert)
         .count();
     assert_eq!(
-        upserts, 1,
-        "the 100 unknown contacts are created in one call"
+        upserts, 2,
+        "the 100 unknown contacts, in the second and third batch, are created by each batch in one call"
     );
 
     let attendance = hubspot.attendance();
