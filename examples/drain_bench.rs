@@ -17,7 +17,6 @@ use attendance_relay::{
     settings::Settings,
     store::{SqliteStore, Store},
 };
-use envconfig::Envconfig;
 use sha2::{Digest, Sha256};
 
 const PER_DELIVERY: usize = 100;

@@ -15,7 +15,7 @@ use standardwebhooks::{
 use super::{Inbound, Rejection, Source, normalize_email};
 use crate::{
     record::{NewRecord, State, parse_rfc3339_ms},
-    settings::{Settings, configured},
+    settings::Settings,
     store::Store,
 };
 
@@ -57,33 +57,24 @@ impl Generic {
     /// route is then absent). Every key is parsed here, so a malformed one
     /// stops the start instead of refusing the first delivery.
     pub fn from_settings(settings: &Settings) -> Result<Option<Self>, GenericConfigError> {
-        let text = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
-        let public_key = text(&settings.generic_jwt_public_key_pem);
-        let key = match (configured(&settings.generic_jwt_secret), public_key) {
+        let public_key = &settings.generic_jwt_public_key_pem;
+        let key = match (&settings.generic_jwt_secret, public_key) {
             (Some(_), Some(_)) => return Err(GenericConfigError::TwoJwtKeys),
             (Some(secret), None) => Some((
                 DecodingKey::from_secret(secret.expose().as_bytes())
-                    .expect("configured() leaves no empty secret"),
+                    .expect("settings drop empty variables"),
                 Algorithm::HS256,
             )),
-            (None, Some(pem)) => Some(public_key_from_pem(&pem)?),
+            (None, Some(pem)) => Some(public_key_from_pem(pem)?),
             (None, None) => None,
         };
-        let jwt = key.map(|(key, algorithm)| {
-            let mut validation = Validation::new(algorithm);
-            validation.set_required_spec_claims(&["exp"]);
-            validation.validate_nbf = true;
-            match text(&settings.generic_jwt_audience) {
-                Some(audience) => validation.set_audience(&[audience]),
-                // Otherwise jsonwebtoken refuses every token that carries an `aud`.
-                None => validation.validate_aud = false,
-            }
-            if let Some(issuer) = text(&settings.generic_jwt_issuer) {
-                validation.set_issuer(&[issuer]);
-            }
-            Jwt { key, validation }
+        let jwt = key.map(|(key, algorithm)| Jwt {
+            key,
+            validation: validation(algorithm, settings),
         });
-        let webhook = configured(&settings.generic_webhook_secret)
+        let webhook = settings
+            .generic_webhook_secret
+            .as_ref()
             .map(|secret| webhook_from_secret(secret.expose()))
             .transpose()?;
         if jwt.is_none() && webhook.is_none() {
@@ -92,7 +83,7 @@ impl Generic {
         Ok(Some(Self {
             jwt,
             webhook,
-            external_account_id: text(&settings.generic_external_account_id),
+            external_account_id: settings.generic_external_account_id.clone(),
         }))
     }
 
@@ -132,6 +123,22 @@ impl Generic {
             .verify(body, &headers)
             .map_err(|err| signature_problem(&err))
     }
+}
+
+/// `exp` always; `iss` / `aud` when configured.
+fn validation(algorithm: Algorithm, settings: &Settings) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_required_spec_claims(&["exp"]);
+    validation.validate_nbf = true;
+    match &settings.generic_jwt_audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        // Otherwise jsonwebtoken refuses every token that carries an `aud`.
+        None => validation.validate_aud = false,
+    }
+    if let Some(issuer) = &settings.generic_jwt_issuer {
+        validation.set_issuer(&[issuer]);
+    }
+    validation
 }
 
 /// RS256 for an RSA key, ES256 for a P-256 key.
@@ -423,7 +430,6 @@ impl Fields<'_> {
 mod tests {
     use std::collections::HashMap;
 
-    use envconfig::Envconfig;
     use serde_json::json;
 
     use super::*;

@@ -3,7 +3,6 @@
 
 use actix_web::http::StatusCode;
 use attendance_relay::{app::Application, record::State, settings::Settings, store::RecordStatus};
-use envconfig::Envconfig;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use standardwebhooks::Webhook;
