@@ -593,26 +593,11 @@ mod tests {
     }
 
     #[test]
-    fn help_and_readme_name_every_setting() {
-        let help = help();
+    fn readme_names_every_setting() {
         let readme = include_str!("../README.md");
         for setting in TABLE {
-            assert!(
-                help.contains(setting.name),
-                "{} not in --help",
-                setting.name
-            );
-            assert!(
-                readme.contains(&format!("`{}`", setting.name)),
-                "{} not in README",
-                setting.name
-            );
+            let named = format!("`{}`", setting.name);
+            assert!(readme.contains(&named), "{} not in README", setting.name);
         }
-        assert!(
-            help.contains(
-                "RELAY_MAX_BODY_BYTES  (a positive whole number of bytes; default: 262144)"
-            )
-        );
-        assert!(help.contains("      Request bodies larger than this are answered 413.\n"));
     }
 }

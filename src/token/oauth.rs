@@ -346,9 +346,19 @@ mod tests {
         )
     }
 
-    /// Twenty callers at once; every one must get the same kind of outcome.
-    async fn twenty_callers(oauth: &OAuth) -> Vec<Result<Secret, CredentialError>> {
-        join_all((0..20).map(|_| oauth.access_token())).await
+    /// What twenty callers at once got.
+    async fn twenty_callers(oauth: &OAuth) -> Vec<&'static str> {
+        let outcomes = join_all((0..20).map(|_| oauth.access_token())).await;
+        outcomes.iter().map(outcome).collect()
+    }
+
+    fn outcome(outcome: &Result<Secret, CredentialError>) -> &'static str {
+        match outcome {
+            Ok(_) => "token",
+            Err(CredentialError::Refused(_)) => "refused",
+            Err(CredentialError::Unavailable(_)) => "unavailable",
+            Err(CredentialError::Missing) => "missing",
+        }
     }
 
     fn backoff(oauth: &OAuth) -> Option<Duration> {
@@ -367,36 +377,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let oauth = oauth(&endpoint, &dir);
 
-        let outcomes = twenty_callers(&oauth).await;
-        assert!(
-            outcomes
-                .iter()
-                .all(|o| matches!(o, Err(CredentialError::Refused(_)))),
-            "{outcomes:?}"
-        );
+        assert_eq!(twenty_callers(&oauth).await, ["refused"; 20]);
         assert_eq!(endpoint.token_requests().len(), 1, "one refresh for all");
         // Within the backoff: the remembered refusal, no request.
-        assert!(matches!(
-            oauth.access_token().await,
-            Err(CredentialError::Refused(_))
-        ));
+        assert_eq!(outcome(&oauth.access_token().await), "refused");
         assert_eq!(endpoint.token_requests().len(), 1);
         assert_eq!(backoff(&oauth), Some(FAILURE_BACKOFF_FIRST));
 
         actix_web::rt::time::sleep(FAILURE_BACKOFF_FIRST + Duration::from_millis(100)).await;
-        let outcomes = twenty_callers(&oauth).await;
-        assert!(
-            outcomes
-                .iter()
-                .all(|o| matches!(o, Err(CredentialError::Unavailable(_)))),
-            "{outcomes:?}"
-        );
+        assert_eq!(twenty_callers(&oauth).await, ["unavailable"; 20]);
         assert_eq!(endpoint.token_requests().len(), 2);
         assert_eq!(backoff(&oauth), Some(FAILURE_BACKOFF_FIRST * 2));
 
         actix_web::rt::time::sleep(FAILURE_BACKOFF_FIRST * 2 + Duration::from_millis(100)).await;
-        let outcomes = twenty_callers(&oauth).await;
-        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(twenty_callers(&oauth).await, ["token"; 20]);
         assert_eq!(endpoint.token_requests().len(), 3);
         assert_eq!(backoff(&oauth), None, "a success forgets the failure");
     }
