@@ -18,7 +18,6 @@ use attendance_relay::{
     settings::Settings,
     store::{SqliteStore, Store},
 };
-use envconfig::Envconfig;
 
 const PER_DELIVERY: usize = 100;
 

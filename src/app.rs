@@ -13,7 +13,7 @@ use crate::{
     hubspot::HubSpotClient,
     metrics::Metrics,
     record::now_ms,
-    settings::{Settings, configured},
+    settings::Settings,
     sources::{
         Fetch, Source,
         eventbrite::{self, Eventbrite, EventbriteApi},
@@ -48,6 +48,16 @@ pub enum StartupError {
     },
 }
 
+impl StartupError {
+    /// The settings cannot work (as opposed to the store or the network failing).
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            Self::Setting(..) | Self::Credential(_) | Self::Generic(_)
+        )
+    }
+}
+
 pub struct Application {
     public: Server,
     admin: Server,
@@ -68,20 +78,19 @@ fn bind(addr: &str) -> Result<TcpListener, StartupError> {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let store = store::open(&settings.database_url)?;
+        let store = store::open(settings.database_url.expose())?;
         let metrics = Arc::new(Metrics::new());
-        let eventbrite_api = eventbrite::api_base(&settings.eventbrite_api_base_url)
+        let eventbrite_api = eventbrite::api_base(settings.eventbrite_api_base_url.as_str())
             .map_err(|err| StartupError::Setting("EVENTBRITE_API_BASE_URL", err.to_string()))?;
-        let eventbrite_token = configured(&settings.eventbrite_webhook_token);
         let sources = Sources {
-            zoom: configured(&settings.zoom_webhook_secret_token).map(|secret| {
+            zoom: settings.zoom_webhook_secret_token.as_ref().map(|secret| {
                 web::Data::new(Zoom::new(
                     secret.clone(),
                     settings.zoom_signature_tolerance_secs,
                     settings.zoom_external_account_id.clone(),
                 ))
             }),
-            eventbrite: eventbrite_token.map(|token| {
+            eventbrite: settings.eventbrite_webhook_token.as_ref().map(|token| {
                 web::Data::new(Eventbrite::new(
                     token.clone(),
                     eventbrite_api.clone(),
@@ -125,7 +134,7 @@ impl Application {
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             metrics,
-            max_body_bytes: settings.max_body_bytes,
+            max_body_bytes: settings.max_body_bytes.get(),
             in_flight: tokio::sync::Semaphore::new(
                 (settings.max_inflight_bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             ),
@@ -151,7 +160,7 @@ impl Application {
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE);
         if let Some(workers) = settings.workers {
-            public = public.workers(workers);
+            public = public.workers(workers.get());
         }
         let public = public
             .listen(public_listener)
@@ -176,7 +185,7 @@ impl Application {
         })?
         .run();
 
-        tracing::info!(%public_addr, %admin_addr, store = %redact_url(&settings.database_url), "listening");
+        tracing::info!(%public_addr, %admin_addr, store = %settings.database_url.redacted(), "listening");
         Ok(Self {
             public,
             admin,
@@ -274,14 +283,14 @@ fn forwarder_from(
     wake: Arc<tokio::sync::Notify>,
 ) -> Result<Forwarder, CredentialConfigError> {
     let hubspot = HubSpotClient::new(
-        &settings.hubspot_base_url,
+        settings.hubspot_base_url.as_str(),
         token::from_settings(settings, Arc::clone(&store), Arc::clone(&metrics))?,
-        settings.hubspot_rate_limit_per_10s,
+        settings.hubspot_rate_limit_per_10s.get(),
         Duration::from_millis(settings.hubspot_request_timeout_ms),
         Arc::clone(&metrics),
     );
     let config = forwarder::Config {
-        batch_size: settings.hubspot_batch_size,
+        batch_size: settings.hubspot_batch_size.get(),
         linger: Duration::from_millis(settings.batch_linger_ms),
         max_record_age: Duration::from_secs(settings.max_record_age_secs),
         create_contacts: settings.create_contacts,
@@ -329,12 +338,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-/// Database URLs may carry a password; log only the scheme and what follows the `@`.
-fn redact_url(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
-        _ => url.to_owned(),
-    }
 }

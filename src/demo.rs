@@ -5,7 +5,6 @@
 
 use std::{collections::HashMap, error::Error, time::Duration};
 
-use envconfig::Envconfig;
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -8,6 +8,7 @@
 //! routes; `app` wires it together from `settings`.
 
 pub mod app;
+pub mod cli;
 pub mod demo;
 pub mod fetcher;
 pub mod forwarder;

@@ -1,40 +1,53 @@
 use std::process::ExitCode;
 
-use attendance_relay::{app::Application, demo, settings::Settings, telemetry};
+use attendance_relay::{
+    app::Application,
+    cli::{self, Command},
+    demo,
+    settings::Settings,
+    telemetry,
+};
+
+/// Exit status for settings that cannot work (as for refused arguments).
+const CONFIGURATION_ERROR: u8 = 2;
 
 #[actix_web::main]
 async fn main() -> ExitCode {
+    let command = cli::parse();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("attendance-relay: invalid configuration: {err}");
-            return ExitCode::from(2);
+            return ExitCode::from(CONFIGURATION_ERROR);
         }
     };
-    match std::env::args().nth(1).as_deref() {
-        None | Some("serve") => telemetry::init(&settings.log_format, "info"),
-        Some("demo") => {
+    match command {
+        Command::Serve => serve(settings).await,
+        Command::Demo => {
             // Quiet by default: the demo's own report is the output.
-            telemetry::init(&settings.log_format, "warn");
-            return match demo::run().await {
+            telemetry::init(settings.log_format, "warn");
+            match demo::run().await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("attendance-relay demo failed: {err}");
                     ExitCode::FAILURE
                 }
-            };
-        }
-        Some(other) => {
-            eprintln!("attendance-relay: unknown command {other:?} (expected `serve` or `demo`)");
-            return ExitCode::from(2);
+            }
         }
     }
+}
 
+async fn serve(settings: Settings) -> ExitCode {
+    telemetry::init(settings.log_format, "info");
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(err) => {
             tracing::error!(error = %err, "cannot start");
-            return ExitCode::FAILURE;
+            return if err.is_configuration() {
+                ExitCode::from(CONFIGURATION_ERROR)
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
     match app.run_until_stopped().await {

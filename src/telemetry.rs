@@ -3,13 +3,14 @@
 
 use tracing_subscriber::{EnvFilter, fmt};
 
-pub fn init(format: &str, default_level: &str) {
+use crate::settings::LogFormat;
+
+pub fn init(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format.eq_ignore_ascii_case("json") {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
     }
 }

@@ -13,14 +13,23 @@ use standardwebhooks::{
 
 use super::{Inbound, Rejection, Source};
 use crate::{
-    record::{NewRecord, State, normalize_email, parse_rfc3339_ms},
-    settings::{Settings, configured},
+    record::{NewRecord, State, format_utc, normalize_email, parse_rfc3339_ms},
+    settings::Settings,
 };
 
 /// Most records one delivery may carry.
 pub const MAX_RECORDS: usize = 1000;
 
 const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
+
+/// The properties HubSpot's attendance `create` takes, for `attend` only (its
+/// document says so); anything else it refuses, so it is refused at ingest
+/// rather than becoming a dead letter later.
+const ATTEND_PROPERTIES: [&str; 2] = ["joinedAt", "leftAt"];
+
+/// Times must fall in 2000..2100 (epoch milliseconds): outside it is a unit
+/// mistake, such as epoch seconds, which read as milliseconds land in 1970.
+const TIMES: std::ops::Range<i64> = 946_684_800_000..4_102_444_800_000;
 
 /// Why the generic source cannot start with the configured keys.
 #[derive(Debug, thiserror::Error)]
@@ -55,33 +64,24 @@ impl Generic {
     /// route is then absent). Every key is parsed here, so a malformed one
     /// stops the start instead of refusing the first delivery.
     pub fn from_settings(settings: &Settings) -> Result<Option<Self>, GenericConfigError> {
-        let text = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
-        let public_key = text(&settings.generic_jwt_public_key_pem);
-        let key = match (configured(&settings.generic_jwt_secret), public_key) {
+        let public_key = &settings.generic_jwt_public_key_pem;
+        let key = match (&settings.generic_jwt_secret, public_key) {
             (Some(_), Some(_)) => return Err(GenericConfigError::TwoJwtKeys),
             (Some(secret), None) => Some((
                 DecodingKey::from_secret(secret.expose().as_bytes())
-                    .expect("configured() leaves no empty secret"),
+                    .expect("settings drop empty variables"),
                 Algorithm::HS256,
             )),
-            (None, Some(pem)) => Some(public_key_from_pem(&pem)?),
+            (None, Some(pem)) => Some(public_key_from_pem(pem)?),
             (None, None) => None,
         };
-        let jwt = key.map(|(key, algorithm)| {
-            let mut validation = Validation::new(algorithm);
-            validation.set_required_spec_claims(&["exp"]);
-            validation.validate_nbf = true;
-            match text(&settings.generic_jwt_audience) {
-                Some(audience) => validation.set_audience(&[audience]),
-                // Otherwise jsonwebtoken refuses every token that carries an `aud`.
-                None => validation.validate_aud = false,
-            }
-            if let Some(issuer) = text(&settings.generic_jwt_issuer) {
-                validation.set_issuer(&[issuer]);
-            }
-            Jwt { key, validation }
+        let jwt = key.map(|(key, algorithm)| Jwt {
+            key,
+            validation: validation(algorithm, settings),
         });
-        let webhook = configured(&settings.generic_webhook_secret)
+        let webhook = settings
+            .generic_webhook_secret
+            .as_ref()
             .map(|secret| webhook_from_secret(secret.expose()))
             .transpose()?;
         if jwt.is_none() && webhook.is_none() {
@@ -90,7 +90,7 @@ impl Generic {
         Ok(Some(Self {
             jwt,
             webhook,
-            external_account_id: text(&settings.generic_external_account_id),
+            external_account_id: settings.generic_external_account_id.clone(),
         }))
     }
 
@@ -130,6 +130,28 @@ impl Generic {
             .verify(body, &headers)
             .map_err(|err| signature_problem(&err))
     }
+}
+
+/// `exp` always, and the configured `iss` / `aud`: a configured claim is a
+/// required one (jsonwebtoken checks one only when the token carries it).
+fn validation(algorithm: Algorithm, settings: &Settings) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    let mut required = vec!["exp"];
+    validation.validate_nbf = true;
+    match &settings.generic_jwt_audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        // Otherwise jsonwebtoken refuses every token that carries an `aud`.
+        None => validation.validate_aud = false,
+    }
+    if let Some(issuer) = &settings.generic_jwt_issuer {
+        validation.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    validation
 }
 
 /// RS256 for an RSA key, ES256 for a P-256 key.
@@ -323,7 +345,7 @@ impl Generic {
             external_event_id,
             external_account_id,
             interaction_ms: field.occurred_at()?,
-            properties: field.properties()?,
+            properties: field.properties(state)?,
             event: None,
             sender_id: Some(sender_id),
             participant: None,
@@ -388,41 +410,70 @@ impl Fields<'_> {
     }
 
     fn occurred_at(&self) -> Result<i64, Rejection> {
-        let expected = "expected an RFC 3339 timestamp or epoch milliseconds";
-        match self.get("occurredAt") {
-            None => Err(self.missing("occurredAt")),
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .ok_or_else(|| self.invalid("occurredAt", expected)),
-            Some(Value::String(s)) => {
-                parse_rfc3339_ms(s).ok_or_else(|| self.invalid("occurredAt", expected))
-            }
-            Some(_) => Err(self.invalid("occurredAt", expected)),
-        }
+        let at = match self.get("occurredAt") {
+            None => return Err(self.missing("occurredAt")),
+            Some(Value::Number(n)) => n.as_i64().filter(|ms| TIMES.contains(ms)),
+            Some(Value::String(s)) => timestamp(s),
+            Some(_) => None,
+        };
+        at.ok_or_else(|| {
+            self.invalid(
+                "occurredAt",
+                "expected an RFC 3339 timestamp or epoch milliseconds, from 2000 to 2099",
+            )
+        })
     }
 
-    fn properties(&self) -> Result<BTreeMap<String, String>, Rejection> {
+    /// `joinedAt` / `leftAt` of an `attend` record, as ISO 8601 UTC
+    /// timestamps (milliseconds kept where given), as the Zoom source sends them.
+    fn properties(&self, state: State) -> Result<BTreeMap<String, String>, Rejection> {
         let Some(properties) = self.get("properties") else {
             return Ok(BTreeMap::new());
         };
         let Value::Object(properties) = properties else {
             return Err(self.invalid("properties", "expected an object of strings"));
         };
-        properties
-            .iter()
-            .map(|(name, value)| match value {
-                Value::String(s) => Ok((name.clone(), s.clone())),
-                _ => Err(self.invalid(&format!("properties.{name}"), "expected a string")),
-            })
-            .collect()
+        let mut times = BTreeMap::new();
+        for (name, value) in properties {
+            let field = format!("properties.{name}");
+            if state != State::Attend || !ATTEND_PROPERTIES.contains(&name.as_str()) {
+                return Err(self.invalid(
+                    &field,
+                    "HubSpot takes only joinedAt and leftAt, on attend records",
+                ));
+            }
+            let Value::String(text) = value else {
+                return Err(self.invalid(&field, "expected a string"));
+            };
+            let at = timestamp(text).ok_or_else(|| {
+                self.invalid(
+                    &field,
+                    "expected an RFC 3339 (ISO 8601 with offset) timestamp, from 2000 to 2099",
+                )
+            })?;
+            times.insert(name.clone(), at);
+        }
+        if let (Some(joined), Some(left)) = (times.get("joinedAt"), times.get("leftAt"))
+            && left < joined
+        {
+            return Err(self.invalid("properties.leftAt", "before joinedAt"));
+        }
+        Ok(times
+            .into_iter()
+            .filter_map(|(name, at)| Some((name, format_utc(at)?)))
+            .collect())
     }
+}
+
+/// An RFC 3339 timestamp within [`TIMES`], as epoch milliseconds.
+fn timestamp(text: &str) -> Option<i64> {
+    parse_rfc3339_ms(text).filter(|ms| TIMES.contains(ms))
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
-    use envconfig::Envconfig;
     use serde_json::json;
 
     use super::*;
@@ -492,6 +543,7 @@ mod tests {
         let mut second = record();
         second["id"] = json!(2);
         second["state"] = json!("cancel");
+        second["properties"] = json!({});
         let records = map(&json!({"records": [record(), second]})).unwrap();
         assert_eq!(records.len(), 2);
         assert_eq!(records[1].sender_id.as_deref(), Some("2"));
@@ -519,6 +571,97 @@ mod tests {
             body["occurredAt"] = bad;
             assert!(refusal(&body).starts_with("occurredAt: expected"));
         }
+    }
+
+    #[test]
+    fn occurred_at_outside_this_century_is_refused_as_not_epoch_milliseconds() {
+        let mut body = record();
+        for bad in [
+            json!(1_767_261_600),
+            json!(946_684_799_999_i64),
+            json!(4_102_444_800_000_i64),
+            json!("1999-12-31T23:59:59Z"),
+            json!("2100-01-01T00:00:00Z"),
+        ] {
+            body["occurredAt"] = bad.clone();
+            let why = refusal(&body);
+            assert!(
+                why.starts_with("occurredAt:") && why.contains("epoch milliseconds"),
+                "{bad}: {why}"
+            );
+        }
+        body["occurredAt"] = json!(946_684_800_000_i64);
+        assert_eq!(map(&body).unwrap()[0].interaction_ms, 946_684_800_000);
+    }
+
+    #[test]
+    fn attendance_times_are_normalized_to_utc_keeping_milliseconds() {
+        let mut body = record();
+        body["properties"] = json!({
+            "joinedAt": "2026-01-01T11:00:00+01:00", "leftAt": "2026-01-01T11:30:00.250Z"
+        });
+        let properties = &map(&body).unwrap()[0].properties;
+        assert_eq!(properties["joinedAt"], "2026-01-01T10:00:00Z");
+        assert_eq!(properties["leftAt"], "2026-01-01T11:30:00.250Z");
+    }
+
+    #[test]
+    fn properties_hubspot_would_refuse_are_refused_at_ingest() {
+        let only = "HubSpot takes only joinedAt and leftAt, on attend records";
+        let cases = [
+            ("attend", json!({"color": "red"}), "properties.color", only),
+            (
+                "register",
+                json!({"joinedAt": "2026-01-01T10:00:00Z"}),
+                "properties.joinedAt",
+                only,
+            ),
+            (
+                "cancel",
+                json!({"leftAt": "2026-01-01T10:00:00Z"}),
+                "properties.leftAt",
+                only,
+            ),
+            (
+                "attend",
+                json!({"joinedAt": "10:00"}),
+                "properties.joinedAt",
+                "expected an RFC 3339",
+            ),
+            (
+                "attend",
+                json!({"leftAt": "2026-01-01 10:00:00"}),
+                "properties.leftAt",
+                "expected an RFC 3339",
+            ),
+            (
+                "attend",
+                json!({"joinedAt": "1970-01-01T00:00:00Z"}),
+                "properties.joinedAt",
+                "from 2000 to 2099",
+            ),
+            (
+                "attend",
+                json!({"joinedAt": "2026-01-01T11:00:00Z", "leftAt": "2026-01-01T10:59:59Z"}),
+                "properties.leftAt",
+                "before joinedAt",
+            ),
+        ];
+        for (state, properties, field, why) in cases {
+            let mut body = record();
+            body["state"] = json!(state);
+            body["properties"] = properties;
+            let refused = refusal(&json!({"records": [record(), record(), body]}));
+            assert!(
+                refused.starts_with(&format!("records[2].{field}: ")),
+                "{refused}"
+            );
+            assert!(refused.contains(why), "{refused}");
+        }
+        let mut register = record();
+        register["state"] = json!("register");
+        register["properties"] = json!({});
+        assert!(map(&register).unwrap()[0].properties.is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub use oauth::OAuth;
 
 use crate::{
     metrics::Metrics,
-    settings::{Secret, Settings, configured},
+    settings::{Secret, Settings},
     store::Store,
 };
 
@@ -49,7 +49,7 @@ pub struct StaticToken(Option<Secret>);
 
 impl StaticToken {
     pub fn new(token: Option<Secret>) -> Self {
-        Self(token.filter(|t| !t.is_empty()))
+        Self(token)
     }
 }
 
@@ -79,13 +79,10 @@ pub fn from_settings(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
 ) -> Result<Rc<dyn TokenSource>, CredentialConfigError> {
-    let client_id = settings
-        .hubspot_client_id
-        .as_deref()
-        .filter(|id| !id.is_empty());
-    let secret = configured(&settings.hubspot_client_secret);
-    let refresh = configured(&settings.hubspot_refresh_token);
-    let static_token = configured(&settings.hubspot_access_token);
+    let client_id = settings.hubspot_client_id.as_deref();
+    let secret = settings.hubspot_client_secret.as_ref();
+    let refresh = settings.hubspot_refresh_token.as_ref();
+    let static_token = settings.hubspot_access_token.as_ref();
     match (client_id, secret, refresh, static_token) {
         (None, None, None, token) => Ok(Rc::new(StaticToken::new(token.cloned()))),
         (Some(_), Some(_), Some(_), Some(_)) => Err(CredentialConfigError(

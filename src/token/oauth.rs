@@ -1,9 +1,15 @@
 //! OAuth credential of a HubSpot public app: access tokens refreshed with the
 //! refresh token ahead of their expiry (HubSpot says a 401 is not a reliable
-//! sign of expiry), one refresh at a time, the result kept in the store so a
-//! restart or another replica reuses it instead of refreshing again.
+//! sign of expiry), one refresh at a time whose outcome every waiting call
+//! shares, the result kept in the store so a restart or another replica
+//! reuses it instead of refreshing again. A failed refresh is remembered for
+//! a backoff, so the token endpoint is never asked in a tight loop.
 
-use std::{cell::RefCell, sync::Arc, time::Duration};
+use std::{
+    cell::RefCell,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -19,10 +25,15 @@ use crate::{
     store::{Store, StoredCredential},
 };
 
-/// A token is refreshed once less than this is left of its life (HubSpot's
-/// live 30 minutes).
+/// A token is refreshed once less than this, or than half its lifetime, is
+/// left of it (HubSpot's live 30 minutes; a short-lived one is still used for
+/// half its life).
 const REFRESH_AHEAD: Duration = Duration::from_secs(300);
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a failed refresh is remembered: doubling from the first to the
+/// last while refreshes keep failing.
+const FAILURE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 pub struct OAuth {
     client_id: String,
@@ -34,10 +45,46 @@ pub struct OAuth {
     http: awc::Client,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    held: RefCell<Option<StoredCredential>>,
+    held: RefCell<Option<Held>>,
+    /// The last refresh failed: its error, until when it stands.
+    failure: RefCell<Option<Failure>>,
     /// Callers that find the token stale queue here; the first refreshes,
-    /// the others find its result.
+    /// the others find its outcome.
     refreshing: tokio::sync::Mutex<()>,
+}
+
+/// The credential in use, and when this process received it (from the token
+/// endpoint or the store): with its expiry, that gives the token's lifetime.
+struct Held {
+    credential: StoredCredential,
+    received_ms: i64,
+}
+
+impl Held {
+    fn new(credential: StoredCredential) -> Self {
+        Self {
+            credential,
+            received_ms: now_ms(),
+        }
+    }
+
+    /// When to refresh: [`REFRESH_AHEAD`] before expiry, or half the lifetime
+    /// before it if that is shorter.
+    fn refresh_at_ms(&self) -> i64 {
+        let lifetime = self.credential.expires_at_ms - self.received_ms;
+        let ahead = (REFRESH_AHEAD.as_millis() as i64).min(lifetime / 2);
+        self.credential.expires_at_ms - ahead
+    }
+
+    fn expires_at_ms(&self) -> i64 {
+        self.credential.expires_at_ms
+    }
+}
+
+struct Failure {
+    error: CredentialError,
+    until: Instant,
+    backoff: Duration,
 }
 
 #[derive(Deserialize)]
@@ -62,10 +109,12 @@ impl OAuth {
             origin: hex::encode(Sha256::digest(refresh_token.expose().as_bytes())),
             configured_refresh_token: refresh_token,
             token_url: token_url.to_owned(),
-            http: outbound::client(TOKEN_TIMEOUT, true),
+            // A redirect would send the client secret and refresh token elsewhere.
+            http: outbound::client(TOKEN_TIMEOUT, false),
             store,
             metrics,
             held: RefCell::new(None),
+            failure: RefCell::new(None),
             refreshing: tokio::sync::Mutex::new(()),
         }
     }
@@ -74,12 +123,19 @@ impl OAuth {
         format!("hubspot-oauth:{}", self.client_id)
     }
 
-    /// The held access token while it has more than [`REFRESH_AHEAD`] to live.
-    fn fresh(&self) -> Option<Secret> {
+    /// The held access token while `now` is before `until(held)`, unless it
+    /// is the one HubSpot refused.
+    fn held_token(&self, until: fn(&Held) -> i64, refused: Option<&Secret>) -> Option<Secret> {
         let held = self.held.borrow();
         let held = held.as_ref()?;
-        let ahead = REFRESH_AHEAD.as_millis() as i64;
-        (held.expires_at_ms - ahead > now_ms()).then(|| held.access_token.clone())
+        let token = &held.credential.access_token;
+        let refused = refused.is_some_and(|refused| refused.expose() == token.expose());
+        (until(held) > now_ms() && !refused).then(|| token.clone())
+    }
+
+    /// The held access token while it need not be refreshed yet.
+    fn fresh(&self, refused: Option<&Secret>) -> Option<Secret> {
+        self.held_token(Held::refresh_at_ms, refused)
     }
 
     /// Takes up what the store holds (another replica's or an earlier run's
@@ -91,10 +147,10 @@ impl OAuth {
                     .held
                     .borrow()
                     .as_ref()
-                    .is_none_or(|held| stored.expires_at_ms > held.expires_at_ms);
+                    .is_none_or(|held| stored.expires_at_ms > held.expires_at_ms());
                 if newer {
                     self.metrics.set_token_expiry(stored.expires_at_ms);
-                    *self.held.borrow_mut() = Some(stored);
+                    *self.held.borrow_mut() = Some(Held::new(stored));
                 }
             }
             Ok(_) => {}
@@ -102,23 +158,56 @@ impl OAuth {
         }
     }
 
-    /// Refreshes unless a fresh token is available by the time it is our turn.
-    async fn fresh_or_refresh(&self, stale: Option<&Secret>) -> Result<Secret, CredentialError> {
+    /// Refreshes unless, by the time it is our turn, a fresh token is there
+    /// or the refresh before ours failed within its backoff. While refreshing
+    /// fails, a token that has not expired yet is still handed out.
+    async fn fresh_or_refresh(&self, refused: Option<&Secret>) -> Result<Secret, CredentialError> {
         let _turn = self.refreshing.lock().await;
         self.adopt_stored().await;
-        if let Some(token) = self.fresh() {
-            let same_as_refused = stale.is_some_and(|s| s.expose() == token.expose());
-            if !same_as_refused {
-                return Ok(token);
-            }
+        if let Some(token) = self.fresh(refused) {
+            return Ok(token);
         }
-        self.refresh().await
+        let outcome = match self.remembered_failure() {
+            Some(error) => Err(error),
+            None => {
+                let outcome = self.refresh().await;
+                self.remember(&outcome);
+                outcome
+            }
+        };
+        outcome.or_else(|error| self.held_token(Held::expires_at_ms, refused).ok_or(error))
+    }
+
+    fn remembered_failure(&self) -> Option<CredentialError> {
+        let failure = self.failure.borrow();
+        let failure = failure.as_ref().filter(|f| Instant::now() < f.until)?;
+        Some(failure.error.clone())
+    }
+
+    /// A failure stands for a backoff that doubles while refreshes keep
+    /// failing; a success forgets it.
+    fn remember(&self, outcome: &Result<Secret, CredentialError>) {
+        let mut failure = self.failure.borrow_mut();
+        *failure = match outcome {
+            Ok(_) => None,
+            Err(error) => {
+                let backoff = failure.as_ref().map_or(FAILURE_BACKOFF_FIRST, |last| {
+                    (last.backoff * 2).min(FAILURE_BACKOFF_MAX)
+                });
+                tracing::warn!(%error, retry_in = ?backoff, "HubSpot token refresh failed");
+                Some(Failure {
+                    error: error.clone(),
+                    until: Instant::now() + backoff,
+                    backoff,
+                })
+            }
+        };
     }
 
     async fn refresh(&self) -> Result<Secret, CredentialError> {
         let refresh_token = self.held.borrow().as_ref().map_or_else(
             || self.configured_refresh_token.clone(),
-            |held| held.refresh_token.clone(),
+            |held| held.credential.refresh_token.clone(),
         );
         let form = [
             ("grant_type", "refresh_token"),
@@ -139,6 +228,11 @@ impl OAuth {
                             "HubSpot's token answer is unreadable: {err}"
                         ))
                     }),
+                    300..=399 => Err(CredentialError::Refused(format!(
+                        "HubSpot's token endpoint answered {status}, a redirect, which is not \
+                         followed (it would carry the client secret): HUBSPOT_TOKEN_URL must \
+                         name the endpoint itself"
+                    ))),
                     400..=499 if status != 429 => Err(CredentialError::Refused(format!(
                         "HubSpot refused the OAuth refresh ({status} {}); forwarding waits for a working \
                          HUBSPOT_REFRESH_TOKEN / client credentials",
@@ -181,7 +275,7 @@ impl OAuth {
             // The token works for this process; others will refresh for themselves.
             tracing::warn!(error = %err, "cannot store the refreshed HubSpot credential");
         }
-        *self.held.borrow_mut() = Some(credential);
+        *self.held.borrow_mut() = Some(Held::new(credential));
         Ok(token)
     }
 }
@@ -205,7 +299,7 @@ fn refusal(body: &[u8]) -> String {
 #[async_trait(?Send)]
 impl TokenSource for OAuth {
     async fn access_token(&self) -> Result<Secret, CredentialError> {
-        if let Some(token) = self.fresh() {
+        if let Some(token) = self.fresh(None) {
             return Ok(token);
         }
         self.fresh_or_refresh(None).await
@@ -213,5 +307,123 @@ impl TokenSource for OAuth {
 
     async fn rejected(&self, token: &Secret) -> Result<(), CredentialError> {
         self.fresh_or_refresh(Some(token)).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::future::join_all;
+
+    use super::*;
+    use crate::hubspot::simulator::{Fault, OAuthOptions, Options, Simulator};
+
+    const REFRESH_TOKEN: &str = "refresh-token";
+
+    async fn endpoint(expires_in_secs: u64) -> Simulator {
+        let oauth = OAuthOptions {
+            client_id: "client".into(),
+            client_secret: "secret".into(),
+            refresh_token: REFRESH_TOKEN.into(),
+            expires_in_secs,
+        };
+        Simulator::start(Options {
+            oauth: Some(oauth),
+            ..Options::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn oauth(endpoint: &Simulator, dir: &tempfile::TempDir) -> OAuth {
+        let db = format!("sqlite://{}", dir.path().join("relay.db").display());
+        OAuth::new(
+            "client",
+            Secret::from("secret".to_owned()),
+            Secret::from(REFRESH_TOKEN.to_owned()),
+            &format!("{}/oauth/2026-03/token", endpoint.url()),
+            crate::store::open(&db).unwrap(),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    /// What twenty callers at once got.
+    async fn twenty_callers(oauth: &OAuth) -> Vec<&'static str> {
+        let outcomes = join_all((0..20).map(|_| oauth.access_token())).await;
+        outcomes.iter().map(outcome).collect()
+    }
+
+    fn outcome(outcome: &Result<Secret, CredentialError>) -> &'static str {
+        match outcome {
+            Ok(_) => "token",
+            Err(CredentialError::Refused(_)) => "refused",
+            Err(CredentialError::Unavailable(_)) => "unavailable",
+            Err(CredentialError::Missing) => "missing",
+        }
+    }
+
+    fn backoff(oauth: &OAuth) -> Option<Duration> {
+        oauth
+            .failure
+            .borrow()
+            .as_ref()
+            .map(|failure| failure.backoff)
+    }
+
+    #[actix_web::test]
+    async fn waiting_callers_share_one_failed_refresh_which_stands_for_a_doubling_backoff() {
+        let endpoint = endpoint(1800).await;
+        endpoint.fail_next_token(Fault::status(400));
+        endpoint.fail_next_token(Fault::status(503));
+        let dir = tempfile::tempdir().unwrap();
+        let oauth = oauth(&endpoint, &dir);
+
+        assert_eq!(twenty_callers(&oauth).await, ["refused"; 20]);
+        assert_eq!(endpoint.token_requests().len(), 1, "one refresh for all");
+        // Within the backoff: the remembered refusal, no request.
+        assert_eq!(outcome(&oauth.access_token().await), "refused");
+        assert_eq!(endpoint.token_requests().len(), 1);
+        assert_eq!(backoff(&oauth), Some(FAILURE_BACKOFF_FIRST));
+
+        actix_web::rt::time::sleep(FAILURE_BACKOFF_FIRST + Duration::from_millis(100)).await;
+        assert_eq!(twenty_callers(&oauth).await, ["unavailable"; 20]);
+        assert_eq!(endpoint.token_requests().len(), 2);
+        assert_eq!(backoff(&oauth), Some(FAILURE_BACKOFF_FIRST * 2));
+
+        actix_web::rt::time::sleep(FAILURE_BACKOFF_FIRST * 2 + Duration::from_millis(100)).await;
+        assert_eq!(twenty_callers(&oauth).await, ["token"; 20]);
+        assert_eq!(endpoint.token_requests().len(), 3);
+        assert_eq!(backoff(&oauth), None, "a success forgets the failure");
+    }
+
+    #[actix_web::test]
+    async fn a_token_that_has_not_expired_is_still_used_while_its_refresh_fails() {
+        let endpoint = endpoint(4).await;
+        let dir = tempfile::tempdir().unwrap();
+        let oauth = oauth(&endpoint, &dir);
+        let token = oauth.access_token().await.unwrap();
+        // Due for its refresh after half its life, valid for the other half.
+        actix_web::rt::time::sleep(Duration::from_millis(2_100)).await;
+        endpoint.fail_next_token(Fault::status(503));
+        let again = oauth.access_token().await.unwrap();
+        assert_eq!(again.expose(), token.expose());
+        assert_eq!(endpoint.token_requests().len(), 2, "the refresh was tried");
+        // HubSpot refusing that token leaves nothing to hand out.
+        assert!(oauth.rejected(&token).await.is_err());
+    }
+
+    #[test]
+    fn a_short_lived_token_is_refreshed_at_half_its_life_a_long_one_five_minutes_ahead() {
+        let held = |lifetime_ms: i64| Held {
+            credential: StoredCredential {
+                origin: String::new(),
+                refresh_token: Secret::from(String::new()),
+                access_token: Secret::from(String::new()),
+                expires_at_ms: 1_000_000 + lifetime_ms,
+            },
+            received_ms: 1_000_000,
+        };
+        assert_eq!(held(5_000).refresh_at_ms(), 1_002_500);
+        assert_eq!(held(1_800_000).refresh_at_ms(), 1_000_000 + 1_500_000);
+        assert_eq!(held(0).refresh_at_ms(), 1_000_000);
     }
 }

@@ -3,7 +3,6 @@
 
 use actix_web::http::StatusCode;
 use attendance_relay::{app::Application, record::State, settings::Settings, store::RecordStatus};
-use envconfig::Envconfig;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use standardwebhooks::Webhook;
@@ -322,6 +321,94 @@ async fn rs256_and_es256_tokens_are_checked_with_the_configured_public_key() {
         )
         .await;
     }
+}
+
+#[actix_web::test]
+async fn with_an_issuer_and_audience_configured_a_token_lacking_either_claim_is_refused() {
+    let keys = [
+        (
+            ("GENERIC_JWT_SECRET", JWT_SECRET),
+            Algorithm::HS256,
+            EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        ),
+        (
+            ("GENERIC_JWT_PUBLIC_KEY_PEM", RSA_PUBLIC_KEY),
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(RSA_PRIVATE_KEY.as_bytes()),
+        ),
+        (
+            ("GENERIC_JWT_PUBLIC_KEY_PEM", EC_PUBLIC_KEY),
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(EC_PRIVATE_KEY.as_bytes()),
+        ),
+    ];
+    let body = record("r-1", "a@example.com").to_string();
+    for (key_setting, algorithm, signing_key) in keys {
+        let app = spawn_app_with(&[
+            key_setting,
+            ("GENERIC_JWT_ISSUER", ISSUER),
+            ("GENERIC_JWT_AUDIENCE", AUDIENCE),
+        ])
+        .await;
+        let signing_key = signing_key.unwrap();
+        let token = |claims: &Value| encode(&Header::new(algorithm), claims, &signing_key).unwrap();
+        for claim in ["iss", "aud"] {
+            let mut lacking = claims(300);
+            lacking.as_object_mut().unwrap().remove(claim);
+            let named = format!("lacks the required {claim} claim");
+            assert_refused(&app, body.as_bytes(), &bearer(&token(&lacking)), &named).await;
+        }
+        assert!(app.records().await.is_empty(), "{algorithm:?}");
+        let (status, answer) = app
+            .post(ROUTE, body.as_bytes(), &bearer(&token(&claims(300))))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{algorithm:?}: {answer}");
+    }
+}
+
+#[actix_web::test]
+async fn what_hubspot_would_refuse_gets_a_400_naming_the_field_and_nothing_is_stored() {
+    let app = generic_app(&[]).await;
+    let mut seconds = record("r-2", "b@example.com");
+    seconds["occurredAt"] = json!(1_767_261_600);
+    let mut color = record("r-3", "c@example.com");
+    color["properties"]["color"] = json!("red");
+    let mut register = record("r-4", "d@example.com");
+    register["state"] = json!("register");
+    let mut backwards = record("r-5", "e@example.com");
+    backwards["properties"]["leftAt"] = json!("2026-01-01T09:00:00Z");
+    let cases = [
+        (seconds, "occurredAt: expected", "epoch milliseconds"),
+        (color, "properties.color: ", "only joinedAt and leftAt"),
+        (register, "properties.joinedAt: ", "on attend records"),
+        (backwards, "properties.leftAt: ", "before joinedAt"),
+    ];
+    for (bad, field, why) in cases {
+        let batch = json!({"records": [record("r-1", "a@example.com"), record("r-0", "z@example.com"), bad]});
+        let (status, answer) = app
+            .post(ROUTE, batch.to_string().as_bytes(), &valid_bearer())
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("records[2].{field}")),
+            "{message}"
+        );
+        assert!(message.contains(why), "{message}");
+    }
+    assert!(app.records().await.is_empty());
+
+    let mut offset = record("r-6", "f@example.com");
+    offset["properties"] = json!({"joinedAt": "2026-01-01T11:00:00.5+01:00"});
+    let (status, answer) = app
+        .post(ROUTE, offset.to_string().as_bytes(), &valid_bearer())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let records = app.records().await;
+    assert_eq!(
+        records[0].record.properties["joinedAt"],
+        "2026-01-01T10:00:00.500Z"
+    );
 }
 
 #[actix_web::test]

@@ -14,7 +14,6 @@ use attendance_relay::{
     settings::Settings,
     store::{Store, StoredRecord},
 };
-use envconfig::Envconfig;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;

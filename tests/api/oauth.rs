@@ -3,19 +3,29 @@
 //! refresh → pause → recovery, restart reusing the stored token, and no
 //! secret in any log line, metric or answer.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::TcpListener,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
+use actix_web::{App, HttpResponse, HttpServer, http::StatusCode, web};
 use serde_json::{Value, json};
 
 use attendance_relay::{
     hubspot::{
         Operation,
-        simulator::{OAuthOptions, Options, Simulator},
+        simulator::{Fault, OAuthOptions, Options, Simulator},
     },
     store::RecordStatus,
 };
 
-use crate::helpers::{Gateway, TestApp, metric, spawn_forwarding_app_in, wait_until, zoom_join};
+use crate::helpers::{
+    Gateway, TestApp, metric, spawn_forwarding_app, spawn_forwarding_app_in, wait_until, zoom_join,
+};
 
 const CLIENT_ID: &str = "test-client-id";
 const CLIENT_SECRET: &str = "test-client-secret-5f1c";
@@ -112,20 +122,16 @@ async fn the_token_is_fetched_once_stored_and_reused_after_a_restart() {
     );
 }
 
-#[actix_web::test]
-async fn a_token_near_expiry_is_refreshed_ahead_exactly_once_under_load() {
-    // 304 s to live and refreshed 300 s ahead: stale four seconds after issue,
-    // which leaves the second wave four seconds on the new token.
-    let hubspot = hubspot(304).await;
+/// An OAuth gateway that also takes generic deliveries.
+async fn oauth_app_with_generic(hubspot: &Simulator) -> TestApp {
     let mut env = OAUTH_ENV.to_vec();
     env.push(("GENERIC_JWT_SECRET", GENERIC_SECRET));
-    let app = spawn_forwarding_app_in(Arc::new(tempfile::tempdir().unwrap()), &hubspot, &env).await;
-    deliver(&app, &hubspot, "0", "first@example.com").await;
-    assert_eq!(hubspot.token_requests().len(), 1);
-    actix_web::rt::time::sleep(Duration::from_millis(4_100)).await;
+    spawn_forwarding_app_in(Arc::new(tempfile::tempdir().unwrap()), hubspot, &env).await
+}
 
-    // Twenty webinars in one delivery, contact ids given: twenty create
-    // calls ask for the token at the same moment.
+/// Twenty webinars in one delivery, contact ids given: twenty create calls
+/// ask for the token at the same moment.
+async fn post_twenty_webinars(app: &TestApp, hubspot: &Simulator) {
     let records: Vec<Value> = (0..20)
         .map(|i| {
             let vid = hubspot.add_contact(&format!("p{i}@example.com"));
@@ -157,6 +163,19 @@ async fn a_token_near_expiry_is_refreshed_ahead_exactly_once_under_load() {
         (200, &json!(20)),
         "{answer}"
     );
+}
+
+#[actix_web::test]
+async fn a_token_near_expiry_is_refreshed_ahead_exactly_once_under_load() {
+    // 10 s to live and refreshed half its life ahead: stale five seconds after
+    // issue, which leaves the second wave five seconds on the new token.
+    let hubspot = hubspot(10).await;
+    let app = oauth_app_with_generic(&hubspot).await;
+    deliver(&app, &hubspot, "0", "first@example.com").await;
+    assert_eq!(hubspot.token_requests().len(), 1);
+    actix_web::rt::time::sleep(Duration::from_millis(5_100)).await;
+
+    post_twenty_webinars(&app, &hubspot).await;
     wait_until("all twenty reach HubSpot", 15, async || {
         hubspot.attendance().len() == 21
     })
@@ -182,6 +201,120 @@ async fn a_token_near_expiry_is_refreshed_ahead_exactly_once_under_load() {
             .iter()
             .all(|c| c.authorization.as_deref() == Some("Bearer sim-access-2"))
     );
+}
+
+#[actix_web::test]
+async fn calls_waiting_on_a_failed_refresh_share_it_and_the_next_waits_for_the_backoff() {
+    let hubspot = hubspot(1800).await;
+    hubspot.fail_next_token(Fault::status(503));
+    let app = oauth_app_with_generic(&hubspot).await;
+    post_twenty_webinars(&app, &hubspot).await;
+    wait_until("all twenty reach HubSpot", 20, async || {
+        hubspot.attendance().len() == 20
+    })
+    .await;
+
+    let requests = hubspot.token_requests();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [503, 200],
+        "one refresh for twenty calls, each time"
+    );
+    let gap = requests[1].at - requests[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "asked again after {gap:?}"
+    );
+}
+
+#[actix_web::test]
+async fn a_five_second_token_is_refreshed_at_half_its_life_not_on_every_call() {
+    let hubspot = hubspot(5).await;
+    let app = oauth_app(Arc::new(tempfile::tempdir().unwrap()), &hubspot).await;
+    let started = Instant::now();
+    let mut delivered = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        deliver(&app, &hubspot, "1", &format!("p{delivered}@example.com")).await;
+        delivered += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let calls = hubspot.calls();
+    assert!(calls.len() >= 10, "only {} HubSpot calls", calls.len());
+    assert!(
+        calls.iter().all(|c| c.status != 401),
+        "a token expired in use"
+    );
+    // The first token, then one per 2.5 s of use (and one to spare).
+    let refreshes = hubspot.token_requests().len() as f64;
+    assert!(
+        (2.0..=elapsed / 2.5 + 2.0).contains(&refreshes),
+        "{refreshes} token requests in {elapsed:.1} s for {} calls",
+        calls.len()
+    );
+}
+
+/// A loopback server that answers every request with `status` (and a
+/// `Location`), counting the requests.
+fn counting_server(status: u16, location: Option<String>) -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&hits);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        let (counted, location) = (Arc::clone(&counted), location.clone());
+        App::new().default_service(web::to(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut answer = HttpResponse::build(StatusCode::from_u16(status).unwrap());
+            if let Some(location) = &location {
+                answer.insert_header(("location", location.as_str()));
+            }
+            async move { answer.finish() }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_web::rt::spawn(server);
+    (url, hits)
+}
+
+#[actix_web::test]
+async fn a_redirect_from_the_token_endpoint_is_not_followed() {
+    let hubspot = hubspot(1800).await;
+    let (elsewhere, reached) = counting_server(200, None);
+    for status in [302, 307] {
+        let (redirector, asked) =
+            counting_server(status, Some(format!("{elsewhere}/oauth/2026-03/token")));
+        let token_url = format!("{redirector}/oauth/2026-03/token");
+        let mut env = OAUTH_ENV.to_vec();
+        env.push(("HUBSPOT_TOKEN_URL", &token_url));
+        let app = spawn_forwarding_app(&hubspot, &env).await;
+        hubspot.add_contact("ann@example.com");
+        let (answer, _) = app
+            .post_zoom(&zoom_join("1", "ann@example.com", "2026-01-01T10:00:00Z"))
+            .await;
+        assert_eq!(answer.as_u16(), 200);
+        wait_until("the refresh has an outcome", 10, async || {
+            let metrics = app.metrics().await;
+            ["success", "refused", "error"].iter().any(|outcome| {
+                metric(
+                    &metrics,
+                    "relay_token_refreshes_total",
+                    &[("outcome", outcome)],
+                ) >= Some(1.0)
+            })
+        })
+        .await;
+        assert!(asked.load(Ordering::SeqCst) >= 1, "{status}");
+        assert_eq!(reached.load(Ordering::SeqCst), 0, "{status} was followed");
+        assert!(hubspot.attendance().is_empty());
+        let metrics = app.metrics().await;
+        let refused = [("outcome", "refused")];
+        assert!(metric(&metrics, "relay_token_refreshes_total", &refused) >= Some(1.0));
+    }
 }
 
 #[actix_web::test]
