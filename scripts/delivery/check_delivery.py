@@ -58,6 +58,7 @@ REQUIRED_ALERTS = {
     "RelayOldestPendingAgeGrowing", "RelayDeadLetters", "RelayForwardingPaused",
     "RelayTokenRefreshRefused", "RelayTokenRefreshErrors", "RelayTokenExpiringSoon",
     "RelayWebhooksUnauthorized", "RelayWebhooksInvalid", "RelayWebhooksUnavailable",
+    "RelayHubSpotErrors", "RelayEventbriteFetchesFailing", "RelayTargetDown",
 }
 
 failures = []
@@ -459,6 +460,9 @@ def rules_and_dashboard(full_docs, names):
     groups = rule["spec"]["groups"]
     alerts = {r["alert"]: r for g in groups for r in g["rules"]}
     check(REQUIRED_ALERTS <= set(alerts), f"alerts for every failure mode: missing {sorted(REQUIRED_ALERTS - set(alerts))}")
+    tests = yaml.safe_load((HERE / "alerts.test.yaml").read_text())["tests"]
+    fired = {t["alertname"] for c in tests for t in c.get("alert_rule_test", []) if t.get("exp_alerts")}
+    check(set(alerts) <= fired, f"every alert has a unit test in which it fires: untested {sorted(set(alerts) - fired)}")
     work = Path(tempfile.mkdtemp(prefix="relay-rules-"))
     (work / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
     r = run([PROMTOOL, "check", "rules", str(work / "rules.yaml")])
