@@ -10,10 +10,8 @@ use std::{collections::HashMap, collections::HashSet, time::Duration};
 
 use attendance_relay::{
     app::Application,
-    hubspot::{
-        Operation,
-        simulator::{Options, Simulator},
-    },
+    demo::simulator::{Options, Simulator},
+        hubspot::Operation,
     record::{Delivery, NewRecord, State, now_ms},
     settings::Settings,
     store::{SqliteStore, Store},

@@ -1,9 +1,7 @@
-//! HubSpot: the API client the forwarder calls, and a simulator of the same
-//! API for the demo, the tests and the benchmarks.
+//! HubSpot: the API client the forwarder calls.
 
 mod client;
 pub mod rate_limit;
-pub mod simulator;
 
 pub use client::{CallError, ContactInput, CreateOutcome, HubSpotClient, Subscriber, named_inputs};
 

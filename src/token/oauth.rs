@@ -315,7 +315,7 @@ mod tests {
     use futures_util::future::join_all;
 
     use super::*;
-    use crate::hubspot::simulator::{Fault, OAuthOptions, Options, Simulator};
+    use crate::demo::simulator::{Fault, OAuthOptions, Options, Simulator};
 
     const REFRESH_TOKEN: &str = "refresh-token";
 

@@ -6,10 +6,8 @@
 //! documents; either fails the test.
 
 use attendance_relay::{
-    hubspot::{
-        Operation,
-        simulator::{OAuthOptions, Options, Simulator},
-    },
+    demo::simulator::{OAuthOptions, Options, Simulator},
+        hubspot::Operation,
     store::RecordStatus,
 };
 use serde_json::json;

@@ -4,9 +4,9 @@ use std::{process::Command, time::Duration};
 
 use actix_web::http::StatusCode;
 
-use attendance_relay::hubspot::{
-    Operation,
-    simulator::{Fault, Options, Simulator},
+use attendance_relay::{
+    demo::simulator::{Fault, Options, Simulator},
+    hubspot::Operation,
 };
 
 use crate::helpers::{Gateway, HUBSPOT_TOKEN, metric, wait_until};

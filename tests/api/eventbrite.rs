@@ -11,7 +11,7 @@ use std::{
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use attendance_relay::{
-    hubspot::simulator::{Options, Simulator},
+    demo::simulator::{Options, Simulator},
     record::{State, parse_rfc3339_ms},
     store::RecordStatus,
 };

@@ -5,10 +5,8 @@
 use std::time::Duration;
 
 use attendance_relay::{
-    hubspot::{
-        Operation,
-        simulator::{Fault, Options, Simulator},
-    },
+    demo::simulator::{Fault, Options, Simulator},
+        hubspot::Operation,
     store::RecordStatus,
 };
 use serde_json::{Value, json};
@@ -19,7 +17,7 @@ async fn simulator(options: Options) -> Simulator {
     Simulator::start(options).await.expect("simulator starts")
 }
 
-fn creates(hubspot: &Simulator) -> Vec<attendance_relay::hubspot::simulator::Call> {
+fn creates(hubspot: &Simulator) -> Vec<attendance_relay::demo::simulator::Call> {
     hubspot
         .calls()
         .into_iter()

@@ -10,7 +10,7 @@ use std::{
 use actix_web::http::StatusCode;
 use attendance_relay::{
     app::Application,
-    hubspot::simulator::Simulator,
+    demo::simulator::Simulator,
     settings::Settings,
     store::{Store, StoredRecord},
 };

@@ -2,6 +2,7 @@
 //! ports, real HTTP, the real embedded store.
 
 mod cli;
+mod batching;
 mod contract;
 mod demo;
 mod durability;

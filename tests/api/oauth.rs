@@ -16,10 +16,8 @@ use actix_web::{App, HttpResponse, HttpServer, http::StatusCode, web};
 use serde_json::{Value, json};
 
 use attendance_relay::{
-    hubspot::{
-        Operation,
-        simulator::{Fault, OAuthOptions, Options, Simulator},
-    },
+    demo::simulator::{Fault, OAuthOptions, Options, Simulator},
+        hubspot::Operation,
     store::RecordStatus,
 };
 

@@ -3,6 +3,8 @@
 //! the built-in HubSpot simulator. Prints what HubSpot received and the
 //! metrics that moved; needs no account and leaves nothing behind.
 
+pub mod simulator;
+
 use std::{collections::HashMap, error::Error, time::Duration};
 
 use serde::Deserialize;
@@ -10,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     app::Application,
-    hubspot::simulator::{Options, Simulator},
+    demo::simulator::{Options, Simulator},
     record::{format_utc, now_ms},
     settings::Settings,
     sources::zoom::Zoom,
@@ -18,7 +20,7 @@ use crate::{
 };
 
 /// The sample deliveries, in the order Zoom would send them.
-const SAMPLES: &str = include_str!("../demo/zoom-webhooks.json");
+const SAMPLES: &str = include_str!("../../demo/zoom-webhooks.json");
 const ZOOM_SECRET: &str = "demo-zoom-secret-token";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -24,7 +24,7 @@ use actix_web::{
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
-use super::Operation;
+use crate::hubspot::Operation;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 const DEFAULT_RATE_LIMIT: u32 = 100;
@@ -143,6 +143,44 @@ pub struct Options {
     /// Serve HubSpot's OAuth token endpoint and accept only the access tokens
     /// it issued; None: any bearer token is accepted.
     pub oauth: Option<OAuthOptions>,
+    /// Random faults on API calls, until [`Simulator::calm`].
+    pub chaos: Option<Chaos>,
+}
+
+/// A HubSpot having a bad day: each API call, independently, fails in one
+/// of these ways with the given probability (nothing of a failed call is
+/// recorded as attendance).
+#[derive(Clone, Debug, Default)]
+pub struct Chaos {
+    /// 500, 502 or 503.
+    pub server_errors: f64,
+    /// 429, half of them with `Retry-After: 1`.
+    pub rate_limited: f64,
+    /// Answers 503 only after `hang` (longer than the gateway's timeout).
+    pub hangs: f64,
+    pub hang: Duration,
+    /// Seed of the draws, so a run can be repeated.
+    pub seed: u64,
+}
+
+impl Chaos {
+    fn draw(&self, rng: &mut fastrand::Rng) -> Option<Fault> {
+        let roll = rng.f64();
+        let statuses = [500, 502, 503];
+        if roll < self.server_errors {
+            return Some(Fault::status(statuses[rng.usize(..statuses.len())]));
+        }
+        if roll < self.server_errors + self.rate_limited {
+            let fault = Fault::status(429);
+            return Some(if rng.bool() {
+                fault.with_header("Retry-After", "1")
+            } else {
+                fault
+            });
+        }
+        (roll < self.server_errors + self.rate_limited + self.hangs)
+            .then(|| Fault::status(503).delayed(self.hang))
+    }
 }
 
 /// A HubSpot public app's credential as the simulator's token endpoint knows it.
@@ -277,6 +315,11 @@ impl Simulator {
         }
     }
 
+    /// HubSpot recovers: no more random faults.
+    pub fn calm(&self) {
+        self.lock().chaos = None;
+    }
+
     /// Calls answered 429 by the rate limit, not by injected faults.
     pub fn rate_limited(&self) -> usize {
         self.lock().rate_limited
@@ -340,6 +383,7 @@ struct State {
     oauth: Option<OAuthState>,
     token_faults: VecDeque<Fault>,
     token_requests: Vec<TokenRequest>,
+    chaos: Option<(Chaos, fastrand::Rng)>,
 }
 
 struct OAuthState {
@@ -416,6 +460,9 @@ impl State {
             }),
             token_faults: VecDeque::new(),
             token_requests: Vec::new(),
+            chaos: options
+                .chaos
+                .map(|chaos| (chaos.clone(), fastrand::Rng::with_seed(chaos.seed))),
         };
         for key in options.known_events.into_iter().flatten() {
             state.upsert_event(key);
@@ -724,6 +771,12 @@ async fn serve(
                 "You have reached your ten_secondly_rolling limit.",
             );
             Fault::reply((StatusCode::TOO_MANY_REQUESTS, reply))
+        } else if let Some(fault) = state
+            .chaos
+            .as_mut()
+            .and_then(|(chaos, rng)| chaos.draw(rng))
+        {
+            fault
         } else {
             match answer(&mut state, body.clone()) {
                 Ok(reply) | Err(reply) => Fault::reply(reply),
