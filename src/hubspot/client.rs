@@ -237,8 +237,10 @@ impl HubSpotClient {
     ) -> Result<Value, CallError> {
         let mut refreshed = false;
         loop {
-            let token = self.token.access_token().await?;
+            // The token is taken once the limiter lets the call go: a wait
+            // for the window may outlast a short-lived token.
             let permit = self.limiter.acquire().await;
+            let token = self.token.access_token().await?;
             let started = Instant::now();
             let sent = self
                 .http

@@ -374,6 +374,40 @@ mod tests {
     }
 
     #[test]
+    fn a_denied_registrant_is_cancelled_never_registered() {
+        let body = br#"{"event":"webinar.registration_created","event_ts":1,"payload":{"account_id":"A","object":{"id":1,"registrant":{"email":"a@b.c","status":"denied"}}}}"#;
+        let Inbound::Records(records) = zoom().map(body).unwrap() else {
+            panic!("expected a record")
+        };
+        assert_eq!(records[0].state, State::Cancel);
+    }
+
+    #[test]
+    fn guests_without_email_joining_in_the_same_second_are_two_records() {
+        let guest = |id: &str| {
+            format!(
+                r#"{{"event":"webinar.participant_joined","event_ts":1,"payload":{{"account_id":"A","object":{{"id":"1","participant":{{"email":"","user_name":"Guest","participant_uuid":"{id}","join_time":"2026-01-01T10:00:00Z"}}}}}}}}"#
+            )
+        };
+        let key = |id: &str| match zoom().map(guest(id).as_bytes()).unwrap() {
+            Inbound::Records(records) => records[0].dedupe_key(Zoom::NAME),
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(key("uuid-1"), key("uuid-2"));
+        assert_eq!(key("uuid-1"), key("uuid-1"), "the same guest again is a duplicate");
+    }
+
+    #[test]
+    fn a_leave_asks_the_store_for_the_join_it_closes() {
+        let body = br#"{"event":"webinar.participant_left","event_ts":1,"payload":{"account_id":"A","object":{"id":"1","participant":{"email":"a@b.c","leave_time":"2026-01-01T11:00:00Z"}}}}"#;
+        let Inbound::Records(records) = zoom().map(body).unwrap() else {
+            panic!("expected a record")
+        };
+        assert!(records[0].closes_session);
+        assert_eq!(records[0].properties["leftAt"], "2026-01-01T11:00:00Z");
+    }
+
+    #[test]
     fn a_missing_registrant_is_named() {
         let body = br#"{"event":"meeting.registration_approved","event_ts":1,"payload":{"account_id":"A","object":{"id":1}}}"#;
         let Err(Rejection::Invalid(why)) = zoom().map(body) else {

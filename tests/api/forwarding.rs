@@ -526,3 +526,89 @@ async fn records_past_the_maximum_age_become_dead_letters_instead_of_retrying() 
     assert!(reason.unwrap().contains("RELAY_MAX_RECORD_AGE_SECS"));
     assert_eq!(creates(&hubspot).len(), 1);
 }
+
+#[actix_web::test]
+async fn two_groups_of_one_unknown_event_create_it_once() {
+    let hubspot = simulator(Options {
+        known_events: Some(Vec::new()),
+        ..Options::default()
+    })
+    .await;
+    let app = spawn_forwarding_app(&hubspot, &[("RELAY_UPSERT_EVENTS", "true")]).await;
+    join(&app, "9001", "jill@example.com", "2026-01-01T10:00:00Z").await;
+    let registration = json!({
+        "event": "webinar.registration_created", "event_ts": 1_767_261_000_000_i64,
+        "payload": {"account_id": "zoom-account-1", "object": {"id": 9001, "topic": "Launch webinar",
+            "registrant": {"email": "jack@example.com", "status": "approved"}}}
+    });
+    let (status, _) = app.post_zoom(registration.to_string().as_bytes()).await;
+    assert_eq!(status.as_u16(), 200);
+    wait_settled(&app, 2).await;
+    let upserts = hubspot
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == Operation::EventsUpsert)
+        .count();
+    assert_eq!(upserts, 1, "register and attend share the event's creation");
+    assert_eq!(hubspot.attendance().len(), 2);
+}
+
+#[actix_web::test]
+async fn a_403_that_is_not_about_scopes_settles_its_batch_without_pausing() {
+    let hubspot = simulator(Options::default()).await;
+    hubspot.add_contact("jill@example.com");
+    hubspot.fail_next(
+        Operation::AttendanceCreate,
+        Fault::status(403).with_body(json!({
+            "status": "error", "category": "FORBIDDEN", "message": "This event is locked",
+            "correlationId": "aeb5f871-7f07-4993-9211-075dc63e7cbf"
+        })),
+    );
+    let app = spawn_forwarding_app(&hubspot, &[]).await;
+    join(&app, "1", "jill@example.com", "2026-01-01T10:00:00Z").await;
+    wait_settled(&app, 1).await;
+    let (status, reason) = status_of(&app, "jill@example.com").await;
+    assert_eq!(status, RecordStatus::Dead);
+    assert!(reason.unwrap().contains("This event is locked"));
+    assert_eq!(
+        metric(&app.metrics().await, "relay_forwarding_paused", &[]),
+        Some(0.0)
+    );
+}
+
+#[actix_web::test]
+async fn a_refused_contact_look_up_is_narrowed_to_the_contact_it_names() {
+    let hubspot = simulator(Options::default()).await;
+    let emails: Vec<String> = (0..8).map(|i| format!("p{i}@example.com")).collect();
+    for email in &emails {
+        hubspot.add_contact(email);
+    }
+    hubspot.fail_next(
+        Operation::ContactsRead,
+        Fault::status(400).with_body(json!({
+            "status": "error", "category": "VALIDATION_ERROR", "message": "Invalid email",
+            "correlationId": "aeb5f871-7f07-4993-9211-075dc63e7cbf",
+            "errors": [{"message": "not an email", "in": "inputs[3].id"}]
+        })),
+    );
+    let app = spawn_forwarding_app(&hubspot, &[("RELAY_BATCH_LINGER_MS", "300")]).await;
+    for email in &emails {
+        join(&app, "1", email, "2026-01-01T10:00:00Z").await;
+    }
+    wait_settled(&app, 8).await;
+    let dead: Vec<_> = app
+        .records()
+        .await
+        .into_iter()
+        .filter(|r| r.status == RecordStatus::Dead)
+        .collect();
+    assert_eq!(dead.len(), 1, "only the contact HubSpot named");
+    assert!(dead[0].last_error.as_deref().unwrap().contains("look up"));
+    assert_eq!(hubspot.attendance().len(), 7);
+    let reads = hubspot
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == Operation::ContactsRead)
+        .count();
+    assert_eq!(reads, 2, "the refusal named its input: one more read for the rest");
+}

@@ -80,3 +80,68 @@ async fn pending_records_show_in_queue_metrics() {
     );
     assert_eq!(timed, Some(1.0));
 }
+
+#[actix_web::test]
+async fn liveness_fails_once_the_store_can_no_longer_write() {
+    let app = spawn_app().await;
+    app.store.close().await;
+    let (status, body) = app.get(&format!("{}/healthz", app.public)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("writer"), "{body}");
+}
+
+#[actix_web::test]
+async fn every_fetch_series_is_exported_before_the_first_delivery() {
+    let app = crate::helpers::spawn_app_with(&[("EVENTBRITE_WEBHOOK_TOKEN", "path-token")]).await;
+    let text = app.metrics().await;
+    for outcome in ["resolved", "retry", "failed", "refused"] {
+        assert_eq!(
+            metric(&text, "relay_fetches_total", &[("source", "eventbrite"), ("outcome", outcome)]),
+            Some(0.0),
+            "{outcome}"
+        );
+    }
+}
+
+/// A request whose body is still coming holds its share of the in-flight
+/// budget; past the budget new deliveries are told to come back later.
+#[actix_web::test]
+async fn past_the_in_flight_budget_deliveries_get_503_with_retry_after_and_nothing_is_lost() {
+    use std::io::Write;
+
+    let app = crate::helpers::spawn_app_with(&[("RELAY_MAX_INFLIGHT_BYTES", "300000")]).await;
+    let addr = app.public.trim_start_matches("http://").to_owned();
+    // 200 kB announced, 10 sent: it keeps its reservation while it trickles.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        slow,
+        "POST /webhooks/zoom HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200000\r\n\r\n0123456789"
+    )
+    .unwrap();
+    slow.flush().unwrap();
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let big = vec![b' '; 200_000];
+    let mut response = app
+        .client
+        .post(format!("{}/webhooks/zoom", app.public))
+        .send_body(big)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let _ = response.body().await;
+    let text = app.metrics().await;
+    assert_eq!(
+        metric(&text, "relay_webhooks_received_total", &[("source", "zoom"), ("outcome", "unavailable")]),
+        Some(1.0)
+    );
+
+    // The trickling request goes away; its room is free again.
+    drop(slow);
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    let join = crate::helpers::zoom_join("1", "a@example.com", "2026-01-01T10:00:00Z");
+    let (status, body) = app.post_zoom(&join).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(app.records().await.len(), 1);
+}

@@ -447,3 +447,51 @@ async fn a_second_release_database_keeps_one_record_per_sender_id() {
     assert_eq!(outcome.fresh, vec![false]);
     store.close().await;
 }
+
+/// Retention purges in small commits, so a purge of a large backlog never
+/// holds ingest's commits behind it.
+#[actix_web::test]
+async fn ingest_keeps_flowing_while_a_large_purge_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    open_sqlite(&path).close().await;
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO deliveries (id, source, received_ms, body) VALUES (1, 'zoom', 0, x'');
+             INSERT INTO groups (id, external_account_id, external_event_id, state)
+                 VALUES (1, 'acc', 'old', 'attend');
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
+             INSERT INTO records (delivery_id, group_id, dedupe_key, source, state, email,
+                 external_event_id, external_account_id, interaction_ms, properties, status,
+                 next_attempt_ms, created_ms, updated_ms)
+             SELECT 1, 1, randomblob(32), 'zoom', 'attend', 'p' || i || '@x.io', 'old', 'acc', i,
+                 '{}', 'delivered', 0, 0, 0 FROM n;",
+        )
+        .unwrap();
+    let store = open_sqlite(&path);
+    let purging = {
+        let store = Arc::clone(&store);
+        actix_web::rt::spawn(async move {
+            let mut chunks = 0;
+            while store.purge_settled(1, 500).await.unwrap() > 0 {
+                chunks += 1;
+            }
+            chunks
+        })
+    };
+    let mut slowest = Duration::ZERO;
+    let mut ingested = 0;
+    while !purging.is_finished() {
+        let started = std::time::Instant::now();
+        ingest(&*store, vec![record(&format!("n{ingested}@x.io"), State::Attend, ingested)]).await;
+        slowest = slowest.max(started.elapsed());
+        ingested += 1;
+    }
+    let chunks = purging.await.unwrap();
+    assert!(chunks >= 400, "purged in {chunks} small commits");
+    assert!(ingested > 10, "ingest went on during the purge ({ingested} webhooks)");
+    assert!(slowest < Duration::from_millis(750), "the slowest ingest took {slowest:?}");
+    assert_eq!(store.queue_stats().await.unwrap().count(RecordStatus::Delivered), 0);
+    store.close().await;
+}
