@@ -54,18 +54,18 @@ impl Prism {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let specs = root.join("../shared/specs/hubspot/prism");
         if !DOCUMENTS.iter().all(|name| specs.join(name).is_file()) {
-            eprintln!(
-                "SKIPPED: HubSpot's documents are missing in {}",
+            crate::helpers::skip(format!(
+                "HubSpot's documents are missing in {}",
                 specs.display()
-            );
+            ));
             return None;
         }
         let prism_bin = root.join("node_modules/.bin/prism");
         if !prism_bin.is_file() {
-            eprintln!(
-                "SKIPPED: Prism is not installed (run `npm ci` in {})",
+            crate::helpers::skip(format!(
+                "Prism is not installed (run `npm ci` in {})",
                 root.display()
-            );
+            ));
             return None;
         }
 
@@ -106,10 +106,10 @@ impl Prism {
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {
-                eprintln!(
-                    "SKIPPED: cannot run {} ({error}); is Node installed?",
+                crate::helpers::skip(format!(
+                    "cannot run {} ({error}); is Node installed?",
                     prism_bin.display()
-                );
+                ));
                 return None;
             }
         };
