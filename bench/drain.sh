@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
-# Drain: 10,000 stored records of one webinar forwarded by the real gateway to
-# the HubSpot simulator (20 ms per call) under the default rate limit.
-# Usage: bench/drain.sh [records] [limit per 10 s] [latency ms]   (writes bench/results/drain.txt)
+# Drain: stored records forwarded by the real gateway to the HubSpot
+# simulator (20 ms per call) under the default rate limit, in three variants:
+#   one     10,000 records of one webinar
+#   many    20,000 records of 50 webinars, interleaved as concurrent joins arrive
+#   faults  3,000 records of 6 webinars while HubSpot answers a third of the
+#           calls 5xx, 5 % 429 and hangs 3 % past the gateway's timeout
+# Usage: bench/drain.sh [one|many|faults ...]   (default: all; writes bench/results/drain-<variant>.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --example drain_bench
 mkdir -p bench/results
-{
-  echo "# bench/drain.sh $(date -u +%FT%TZ), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-  target/release/examples/drain_bench "$@"
-} | tee bench/results/drain.txt
+for variant in "${@:-one many faults}"; do
+  for v in $variant; do
+    case $v in
+      one) args=(10000 100 20 1) ;;
+      many) args=(20000 100 20 50) ;;
+      faults) args=(3000 100 20 6 faults) ;;
+      *) echo "unknown variant $v" >&2; exit 2 ;;
+    esac
+    {
+      echo "# bench/drain.sh $v $(date -u +%FT%TZ), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+      target/release/examples/drain_bench "${args[@]}"
+    } | tee "bench/results/drain-$v.txt"
+  done
+done

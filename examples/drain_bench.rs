@@ -4,13 +4,17 @@
 //! calls, the mean batch size, and how much of the rate limit's budget the
 //! drain used.
 //!
-//! Usage: drain_bench [records=10000] [limit per 10 s=100] [simulated HubSpot latency ms=20] [webinars=1]
+//! With `faults`, HubSpot has a bad day for the whole drain: a third of the
+//! calls answer 5xx, 5 % 429 (half with `Retry-After`), 3 % hang past the
+//! gateway's timeout.
+//!
+//! Usage: drain_bench [records=10000] [limit per 10 s=100] [simulated HubSpot latency ms=20] [webinars=1] [faults]
 
 use std::{collections::HashMap, collections::HashSet, time::Duration};
 
 use attendance_relay::{
     app::Application,
-    demo::simulator::{Options, Simulator},
+    demo::simulator::{Call, Chaos, Options, Simulator},
         hubspot::Operation,
     record::{Delivery, NewRecord, State, now_ms},
     settings::Settings,
@@ -29,6 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (records, limit, latency_ms) = (arg(1, 10_000) as usize, arg(2, 100) as u32, arg(3, 20));
     let webinars = arg(4, 1).max(1) as usize;
+    let faults = std::env::args().nth(5).is_some_and(|a| a == "faults");
     let dir = std::env::temp_dir().join(format!("attendance-relay-drain-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("relay.db");
@@ -71,6 +76,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hubspot = Simulator::start(Options {
         rate_limit_per_10s: Some(limit),
         latency: Some(Duration::from_millis(latency_ms)),
+        chaos: faults.then(|| Chaos {
+            server_errors: 0.33,
+            rate_limited: 0.05,
+            hangs: 0.03,
+            hang: Duration::from_secs(5),
+            seed: 42,
+        }),
         ..Options::default()
     })
     .await?;
@@ -84,11 +96,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("HUBSPOT_BASE_URL", hubspot.url()),
         ("HUBSPOT_ACCESS_TOKEN", "bench-token".to_owned()),
         ("HUBSPOT_RATE_LIMIT_PER_10S", limit.to_string()),
+        ("HUBSPOT_REQUEST_TIMEOUT_MS", "2000".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let app = Application::build(Settings::init_from_hashmap(&env)?).await?;
+    let started = std::time::Instant::now();
     let store = app.store();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = actix_web::rt::spawn(app.run_until(async {
@@ -97,12 +111,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while store.queue_stats().await?.oldest_pending_ms.is_some() {
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
+    let drained = started.elapsed();
     let _ = stop.send(());
     server.await??;
 
     let calls = hubspot.calls();
     let count = |op: Operation| calls.iter().filter(|c| c.operation == op).count();
     let creates = count(Operation::AttendanceCreate);
+    let inputs = |c: &&Call| c.body["inputs"].as_array().map_or(0, Vec::len);
+    let create_calls: Vec<_> = calls.iter().filter(|c| c.operation == Operation::AttendanceCreate).collect();
+    let sent: usize = create_calls.iter().map(inputs).sum();
+    let full: usize = create_calls.iter().map(inputs).filter(|n| *n == 100).sum();
     let lookups = count(Operation::ContactsRead) + count(Operation::ContactsUpsert);
     let first = calls.first().ok_or("no HubSpot call was made")?.at;
     let last = calls.last().ok_or("no HubSpot call was made")?.at;
@@ -123,15 +142,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         delivered.len(),
         hubspot.attendance().len()
     );
-    println!("create calls            {creates}");
+    println!(
+        "create calls            {creates}  ({} answered 200)",
+        create_calls.iter().filter(|c| c.status == 200).count()
+    );
+    println!(
+        "inputs in full batches  {:.1} %  ({full} of {sent} create inputs)",
+        100.0 * full as f64 / sent.max(1) as f64
+    );
+    println!("time to deliver all     {:.1} s", drained.as_secs_f64());
     println!(
         "contact look-up calls   {lookups}  (read {}, upsert {})",
         count(Operation::ContactsRead),
         count(Operation::ContactsUpsert)
     );
     println!(
-        "mean batch size         {:.1}",
-        records as f64 / creates as f64
+        "mean batch size         {:.1}  (inputs per create call)",
+        sent as f64 / creates as f64
     );
     println!(
         "HubSpot calls           {} over {elapsed:.2} s (first to last), limit {limit} per 10 s",

@@ -133,7 +133,7 @@ impl Eventbrite {
         Self {
             path_token,
             api_base,
-            external_account_id: external_account_id.filter(|id| !id.is_empty()),
+            external_account_id,
         }
     }
 }
@@ -182,9 +182,9 @@ impl EventbriteApi {
         Self {
             // Only the URL checked is requested: no redirects.
             http: outbound::client(FETCH_TIMEOUT, false),
-            api_token: api_token.filter(|t| !t.is_empty()),
+            api_token,
             api_base,
-            external_account_id: external_account_id.filter(|id| !id.is_empty()),
+            external_account_id,
         }
     }
 }

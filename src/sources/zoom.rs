@@ -100,7 +100,7 @@ impl Zoom {
         Self {
             secret,
             tolerance_secs: i64::try_from(tolerance_secs).unwrap_or(i64::MAX),
-            external_account_id: external_account_id.filter(|id| !id.is_empty()),
+            external_account_id,
         }
     }
 
