@@ -4,6 +4,7 @@
 //! The store's own clock decides due times and leases: callers pass delays,
 //! never timestamps, so several processes sharing one database agree.
 
+mod plan;
 mod sqlite;
 
 use std::{sync::Arc, time::Duration};
@@ -146,6 +147,23 @@ pub struct ClaimedBatch {
     /// Proves the claim when renewing or settling.
     pub lease: String,
     pub records: Vec<StoredRecord>,
+}
+
+impl ClaimedBatch {
+    /// A batch just taken under `lease`: each record has one more attempt.
+    fn taken(lease: String, records: Vec<StoredRecord>) -> Self {
+        Self {
+            group: records[0].record.group(),
+            lease,
+            records: records
+                .into_iter()
+                .map(|r| StoredRecord {
+                    attempts: r.attempts + 1,
+                    ..r
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]

@@ -11,6 +11,7 @@ use crate::{
     store::{
         ClaimRequest, Claimed, ClaimedBatch, DeferredDelivery, FetchOutcome, IngestOutcome,
         QueueStats, RecordStatus, Settlement, StoreError, StoredRecord, lease_token,
+        plan::ClaimPlan,
     },
 };
 
@@ -265,22 +266,16 @@ pub fn queue_stats(conn: &Connection) -> Result<QueueStats> {
     })
 }
 
-/// A group's due records, oldest due first, from `offset` on.
-fn due_of_group(
-    conn: &Connection,
-    group: i64,
-    now: i64,
-    limit: usize,
-    offset: usize,
-) -> Result<Vec<StoredRecord>> {
+/// A group's due records, oldest due first.
+fn due_of_group(conn: &Connection, group: i64, now: i64, limit: usize) -> Result<Vec<StoredRecord>> {
     conn.prepare_cached(&format!(
         "SELECT {RECORD_COLUMNS} FROM records
          WHERE status = 'pending' AND group_id = ?1 AND next_attempt_ms <= ?2
-         ORDER BY next_attempt_ms, id LIMIT ?3 OFFSET ?4"
+         ORDER BY next_attempt_ms, id LIMIT ?3"
     ))
     .and_then(|mut select| {
         select
-            .query_map(params![group, now, limit as i64, offset as i64], row_to_record)?
+            .query_map(params![group, now, limit as i64], row_to_record)?
             .collect()
     })
     .map_err(sql_error)
@@ -316,51 +311,16 @@ pub fn claim(conn: &Connection, request: &ClaimRequest, now: i64) -> Result<Clai
     .and_then(|mut update| update.execute(params![now]))
     .map_err(sql_error)?;
 
-    let batch = request.batch_size.max(1);
-    let linger = ms(request.linger);
-    let mut groups = pending_groups(conn)?;
-    // The longest-waiting group goes first; each round gives every ready
-    // group at most one batch.
-    groups.sort_by_key(|(_, first_due)| *first_due);
-    let mut next_ready: Option<i64> = None;
-    let mut soon = |at: i64| next_ready = Some(next_ready.map_or(at, |t| t.min(at)));
-    let mut batches: Vec<Vec<StoredRecord>> = Vec::new();
-    let mut offsets = vec![0usize; groups.len()];
-    let mut open: Vec<bool> = vec![true; groups.len()];
-    while batches.len() < request.max_batches && open.contains(&true) {
-        for (i, (group, first_due)) in groups.iter().enumerate() {
-            if !open[i] || batches.len() >= request.max_batches {
-                continue;
-            }
-            if *first_due > now {
-                soon(*first_due);
-                open[i] = false;
-                continue;
-            }
-            let chunk = due_of_group(conn, *group, now, batch, offsets[i])?;
-            let lingered = chunk
-                .first()
-                .is_some_and(|first| first.next_attempt_ms + linger <= now);
-            if chunk.len() < batch {
-                open[i] = false;
-                if let Some(first) = chunk.first().filter(|_| !lingered) {
-                    soon(first.next_attempt_ms + linger);
-                    continue;
-                }
-            }
-            if chunk.is_empty() {
-                continue;
-            }
-            offsets[i] += chunk.len();
-            batches.push(chunk);
-        }
-    }
-
+    let mut plan = ClaimPlan::new(request, now, pending_groups(conn)?);
     let lease_until = now + ms(request.lease);
-    let mut claimed = Vec::with_capacity(batches.len());
-    for records in batches {
+    let mut batches = Vec::new();
+    while let Some((group, limit)) = plan.next_read() {
+        let chunk = due_of_group(conn, group, now, limit)?;
+        if !plan.found(&chunk) {
+            continue;
+        }
         let lease = lease_token();
-        let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
+        let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
         let placeholders = vec!["?"; ids.len()].join(",");
         conn.prepare_cached(&format!(
             "UPDATE records SET status = 'leased', lease_owner = ?1, leased_until_ms = ?2,
@@ -375,27 +335,11 @@ pub fn claim(conn: &Connection, request: &ClaimRequest, now: i64) -> Result<Clai
             update.execute(params_from_iter(values))
         })
         .map_err(sql_error)?;
-        claimed.push(ClaimedBatch {
-            group: records[0].record.group(),
-            lease,
-            records: records
-                .into_iter()
-                .map(|r| StoredRecord {
-                    attempts: r.attempts + 1,
-                    ..r
-                })
-                .collect(),
-        });
+        batches.push(ClaimedBatch::taken(lease, chunk));
     }
-    let next_ready_in = if claimed.is_empty() {
-        next_ready.map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)))
-    } else {
-        // More may be ready at once.
-        Some(Duration::ZERO)
-    };
     Ok(Claimed {
-        batches: claimed,
-        next_ready_in,
+        next_ready_in: plan.next_ready_in(),
+        batches,
     })
 }
 
