@@ -5,6 +5,7 @@
 //! never timestamps, so several processes sharing one database agree.
 
 mod plan;
+mod postgres;
 mod sqlite;
 
 use std::{sync::Arc, time::Duration};
@@ -15,6 +16,7 @@ use crate::{
     record::{Delivery, GroupKey, NewRecord},
     settings::Secret,
 };
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// What went wrong, in the few kinds the HTTP layer and the background
@@ -64,6 +66,15 @@ impl RecordStatus {
         Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
 
+    /// The status a stored status value shows as: a record leased to a
+    /// forwarder is still pending to everyone but the queue.
+    fn from_stored(value: &str) -> Option<Self> {
+        match value {
+            "leased" => Some(RecordStatus::Pending),
+            other => Self::parse(other),
+        }
+    }
+
     /// Status a freshly ingested record starts in.
     pub fn initial(record: &NewRecord) -> Self {
         if record.is_mappable() {
@@ -102,6 +113,26 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
+    /// From counts of stored statuses, records' and deliveries' alike.
+    fn from_counts(counts: impl IntoIterator<Item = (String, i64)>, oldest_pending_ms: Option<i64>) -> Self {
+        let mut by_status: Vec<(RecordStatus, i64)> =
+            RecordStatus::ALL.into_iter().map(|status| (status, 0)).collect();
+        for (stored, n) in counts {
+            let status = match stored.as_str() {
+                "fetch" | "fetching" => Some(RecordStatus::Pending),
+                "failed" => Some(RecordStatus::Dead),
+                other => RecordStatus::from_stored(other),
+            };
+            if let Some(entry) = by_status.iter_mut().find(|(s, _)| Some(*s) == status) {
+                entry.1 += n;
+            }
+        }
+        Self {
+            by_status,
+            oldest_pending_ms,
+        }
+    }
+
     pub fn count(&self, status: RecordStatus) -> i64 {
         self.by_status
             .iter()
@@ -214,6 +245,15 @@ pub struct StoredCredential {
     pub expires_at_ms: i64,
 }
 
+/// A settlement as stored: the new status, due time and error of the record
+/// (`None`: unchanged), and whether it was released untried.
+struct SettledColumns<'a> {
+    status: &'static str,
+    next_attempt_ms: Option<i64>,
+    error: Option<&'a str>,
+    released: bool,
+}
+
 /// What became of a record the forwarder took.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settlement {
@@ -229,6 +269,32 @@ pub enum Settlement {
     /// Not sent (forwarding paused): back to the queue as it was, the
     /// attempt not counted.
     Release,
+}
+
+impl Settlement {
+    fn columns(&self, now_ms: i64) -> SettledColumns<'_> {
+        let (status, next_attempt_ms, error) = match self {
+            Settlement::Delivered => ("delivered", None, None),
+            Settlement::Retry { delay, error } => (
+                "pending",
+                Some(now_ms.saturating_add(duration_ms(*delay))),
+                Some(error.as_str()),
+            ),
+            Settlement::Dead { reason } => ("dead", None, Some(reason.as_str())),
+            Settlement::Release => ("pending", None, None),
+        };
+        SettledColumns {
+            status,
+            next_attempt_ms,
+            error,
+            released: matches!(self, Settlement::Release),
+        }
+    }
+}
+
+/// Milliseconds, saturating.
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -316,13 +382,16 @@ pub trait Store: Send + Sync {
 
 /// Opens the store named by `RELAY_DATABASE_URL`.
 pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    match url.strip_prefix("sqlite://") {
-        Some(path) => Ok(Arc::new(SqliteStore::open(path)?)),
-        None => Err(StoreError::Broken(format!(
-            "unsupported database url (expected sqlite://path): {}",
-            url.split("://").next().unwrap_or_default()
-        ))),
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Arc::new(SqliteStore::open(path)?));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::open(url)?));
+    }
+    Err(StoreError::Broken(format!(
+        "unsupported database url (expected sqlite://path or postgres://…): {}://…",
+        url.split("://").next().unwrap_or_default()
+    )))
 }
 
 /// A lease token: unguessable enough that two claims never share one.

@@ -12,6 +12,7 @@ mod generic;
 mod helpers;
 mod oauth;
 mod operations;
+mod pg;
 mod prism;
 mod store;
 mod zoom;

@@ -7,7 +7,7 @@ use attendance_relay::{
     record::{Delivery, NewRecord, State, now_ms},
     settings::Secret,
     store::{
-        ClaimRequest, FetchOutcome, RecordStatus, Settlement, SqliteStore, Store,
+        ClaimRequest, FetchOutcome, PostgresStore, RecordStatus, Settlement, SqliteStore, Store,
         StoredCredential,
     },
 };
@@ -359,6 +359,14 @@ pub async fn suite(store: Arc<dyn Store>) {
 async fn sqlite_store_passes_the_store_suite() {
     let dir = tempfile::tempdir().unwrap();
     suite(open_sqlite(&dir.path().join("nested/relay.db"))).await;
+}
+
+#[actix_web::test]
+async fn postgres_store_passes_the_store_suite() {
+    let Some(database) = crate::pg::TestDatabase::create() else {
+        return;
+    };
+    suite(Arc::new(PostgresStore::open(&database.url).unwrap())).await;
 }
 
 #[actix_web::test]

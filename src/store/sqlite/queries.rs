@@ -1,7 +1,7 @@
 //! The statements behind the store's operations; each runs inside the
 //! writer's group transaction or on a reader connection.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
@@ -10,16 +10,12 @@ use crate::{
     record::{Delivery, EventInfo, GroupKey, NewRecord, State, format_utc},
     store::{
         ClaimRequest, Claimed, ClaimedBatch, DeferredDelivery, FetchOutcome, IngestOutcome,
-        QueueStats, RecordStatus, Settlement, StoreError, StoredRecord, lease_token,
+        QueueStats, RecordStatus, Settlement, StoreError, StoredRecord, duration_ms, lease_token,
         plan::ClaimPlan,
     },
 };
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-fn ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
 
 pub fn insert_delivery(
     conn: &Connection,
@@ -175,10 +171,8 @@ pub fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> 
     let status: String = row.get(3)?;
     let properties: String = row.get(11)?;
     let event_info: Option<String> = row.get(12)?;
-    let status = match status.as_str() {
-        "leased" => RecordStatus::Pending,
-        other => RecordStatus::parse(other).ok_or_else(|| text_err(3, format!("status {other}")))?,
-    };
+    let status =
+        RecordStatus::from_stored(&status).ok_or_else(|| text_err(3, format!("status {status}")))?;
     Ok(StoredRecord {
         id: row.get(0)?,
         source: row.get(1)?,
@@ -210,17 +204,6 @@ pub fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> 
 }
 
 pub fn queue_stats(conn: &Connection) -> Result<QueueStats> {
-    let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
-    let mut add = |status: &str, n: i64| {
-        let status = match status {
-            "leased" | "fetch" | "fetching" => Some("pending"),
-            "failed" => Some("dead"),
-            other => RecordStatus::parse(other).map(RecordStatus::as_str),
-        };
-        if let Some(status) = status {
-            *counts.entry(status).or_default() += n;
-        }
-    };
     let grouped = |sql: &str| -> Result<Vec<(String, i64)>> {
         conn.prepare_cached(sql)
             .and_then(|mut select| {
@@ -230,14 +213,10 @@ pub fn queue_stats(conn: &Connection) -> Result<QueueStats> {
             })
             .map_err(sql_error)
     };
-    for (status, n) in grouped("SELECT status, COUNT(*) FROM records GROUP BY status")? {
-        add(&status, n);
-    }
-    for (status, n) in grouped(
+    let mut counts = grouped("SELECT status, COUNT(*) FROM records GROUP BY status")?;
+    counts.extend(grouped(
         "SELECT status, COUNT(*) FROM deliveries WHERE status != 'done' GROUP BY status",
-    )? {
-        add(&status, n);
-    }
+    )?);
     let oldest = |sql: &str| -> Result<Option<i64>> {
         conn.prepare_cached(sql)
             .and_then(|mut select| {
@@ -257,13 +236,7 @@ pub fn queue_stats(conn: &Connection) -> Result<QueueStats> {
     .into_iter()
     .flatten()
     .min();
-    Ok(QueueStats {
-        by_status: RecordStatus::ALL
-            .into_iter()
-            .map(|status| (status, counts.get(status.as_str()).copied().unwrap_or(0)))
-            .collect(),
-        oldest_pending_ms,
-    })
+    Ok(QueueStats::from_counts(counts, oldest_pending_ms))
 }
 
 /// A group's due records, oldest due first.
@@ -312,7 +285,7 @@ pub fn claim(conn: &Connection, request: &ClaimRequest, now: i64) -> Result<Clai
     .map_err(sql_error)?;
 
     let mut plan = ClaimPlan::new(request, now, pending_groups(conn)?);
-    let lease_until = now + ms(request.lease);
+    let lease_until = now + duration_ms(request.lease);
     let mut batches = Vec::new();
     while let Some((group, limit)) = plan.next_read() {
         let chunk = due_of_group(conn, group, now, limit)?;
@@ -360,33 +333,26 @@ pub fn settle(
 ) -> Result<usize> {
     let mut changed = 0;
     for (id, outcome) in outcomes {
-        let (status, next_attempt, error) = match outcome {
-            Settlement::Delivered => ("delivered", None, None),
-            Settlement::Retry { delay, error } => {
-                ("pending", Some(now + ms(*delay)), Some(error.as_str()))
-            }
-            Settlement::Dead { reason } => ("dead", None, Some(reason.as_str())),
-            Settlement::Release => {
-                changed += conn
-                    .prepare_cached(
-                        "UPDATE records SET status = 'pending', lease_owner = NULL,
-                             leased_until_ms = NULL, attempts = MAX(attempts - 1, 0)
-                         WHERE id = ?1 AND status = 'leased' AND lease_owner = ?2",
-                    )
-                    .and_then(|mut update| update.execute(params![id, lease]))
-                    .map_err(sql_error)?;
-                continue;
-            }
-        };
+        let settled = outcome.columns(now);
         changed += conn
             .prepare_cached(
                 "UPDATE records SET status = ?3, next_attempt_ms = COALESCE(?4, next_attempt_ms),
                      last_error = COALESCE(?5, last_error), leased_until_ms = NULL,
-                     lease_owner = NULL, updated_ms = ?6
+                     lease_owner = NULL,
+                     attempts = CASE WHEN ?7 THEN MAX(attempts - 1, 0) ELSE attempts END,
+                     updated_ms = CASE WHEN ?7 THEN updated_ms ELSE ?6 END
                  WHERE id = ?1 AND status = 'leased' AND lease_owner = ?2",
             )
             .and_then(|mut update| {
-                update.execute(params![id, lease, status, next_attempt, error, now])
+                update.execute(params![
+                    id,
+                    lease,
+                    settled.status,
+                    settled.next_attempt_ms,
+                    settled.error,
+                    now,
+                    settled.released
+                ])
             })
             .map_err(sql_error)?;
     }
@@ -474,7 +440,7 @@ pub fn settle_delivery(
             (status, None, problem.as_deref(), fresh)
         }
         FetchOutcome::Retry { delay, error } => {
-            ("fetch", Some(now + ms(*delay)), Some(error.as_str()), Vec::new())
+            ("fetch", Some(now + duration_ms(*delay)), Some(error.as_str()), Vec::new())
         }
         FetchOutcome::Failed { reason } => ("failed", None, Some(reason.as_str()), Vec::new()),
     };

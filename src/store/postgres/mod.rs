@@ -1,0 +1,862 @@
+//! PostgreSQL store, for several replicas sharing one queue. Work runs on a
+//! small runtime of the store's own (the HTTP workers each have a
+//! single-threaded one); connections come from a deadpool pool. Concurrent
+//! ingests are committed together by one writer task (group commit), the
+//! database's clock decides due times and leases, and claims take whole
+//! groups with `FOR UPDATE SKIP LOCKED`, so two replicas never take the same
+//! record.
+
+mod schema;
+
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
+use tokio::sync::{mpsc, oneshot};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::{NoTls, Row, error::SqlState};
+
+use super::{
+    ClaimRequest, Claimed, ClaimedBatch, DeferredDelivery, FetchOutcome, IngestOutcome,
+    QueueStats, RecordStatus, Settlement, Store, StoreError, StoredCredential, StoredRecord,
+    duration_ms, lease_token, plan::ClaimPlan,
+};
+use crate::{
+    record::{Delivery, EventInfo, NewRecord, State, format_utc},
+    settings::Secret,
+};
+
+/// Connections per process: ingest's writer, the forwarder, the fetcher,
+/// metrics and the rest.
+const POOL_SIZE: usize = 12;
+/// A database that does not answer within this fails the operation (503 on
+/// ingest) instead of holding a webhook past the platform's own timeout.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(4);
+/// Most ingests one transaction takes.
+const MAX_GROUP: usize = 256;
+const QUEUE_DEPTH: usize = 4096;
+
+/// PostgreSQL's errors in the store's kinds: a lost connection, a lock or a
+/// server going away may pass; the rest is broken.
+fn pg_error(err: tokio_postgres::Error) -> StoreError {
+    let transient_code = err.code().is_some_and(|code| {
+        let class = &code.code()[..2];
+        matches!(class, "08" | "40" | "53" | "57" | "58")
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+            || *code == SqlState::QUERY_CANCELED
+    });
+    if err.is_closed() || transient_code || err.as_db_error().is_none() {
+        StoreError::Unavailable(err.to_string())
+    } else {
+        StoreError::Broken(format!("database error: {err}"))
+    }
+}
+
+fn pool_error(err: deadpool_postgres::PoolError) -> StoreError {
+    match err {
+        deadpool_postgres::PoolError::Backend(err) => pg_error(err),
+        deadpool_postgres::PoolError::Closed => StoreError::Closed,
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+type IngestReply = oneshot::Sender<Result<IngestOutcome, StoreError>>;
+
+type IngestJob = (Delivery, Vec<NewRecord>, IngestReply);
+
+pub struct PostgresStore {
+    runtime: StoreRuntime,
+    pool: Pool,
+    /// `None` once closed.
+    ingests: Mutex<Option<mpsc::Sender<IngestJob>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writer_alive: Arc<AtomicBool>,
+}
+
+/// The store's runtime, shut down without blocking when the store goes
+/// (it may be dropped inside another runtime).
+struct StoreRuntime(Option<tokio::runtime::Runtime>);
+
+impl StoreRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for StoreRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects, migrates and starts the writer; fails if the database cannot
+    /// be reached now (the process is restarted until it can).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|err| StoreError::Broken(format!("invalid RELAY_DATABASE_URL: {err}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("postgres-store")
+            .enable_all()
+            .build()
+            .map_err(|err| StoreError::Broken(format!("cannot start: {err}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let timeouts = Timeouts {
+            wait: Some(OPERATION_TIMEOUT),
+            create: Some(OPERATION_TIMEOUT),
+            recycle: Some(OPERATION_TIMEOUT),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .timeouts(timeouts)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|err| StoreError::Broken(format!("cannot build the pool: {err}")))?;
+        let migrating = pool.clone();
+        // Blocked on from a thread of its own: the caller may be inside a runtime.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    runtime.block_on(async move {
+                        let mut client = migrating.get().await.map_err(pool_error)?;
+                        schema::migrate(&mut client).await
+                    })
+                })
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Broken("the migration panicked".into())))
+        })?;
+
+        let (ingests, inbox) = mpsc::channel(QUEUE_DEPTH);
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        let writer = runtime.spawn(run_writer(pool.clone(), inbox, Arc::clone(&writer_alive)));
+        Ok(Self {
+            runtime: StoreRuntime(Some(runtime)),
+            pool,
+            ingests: Mutex::new(Some(ingests)),
+            writer: Mutex::new(Some(writer)),
+            writer_alive,
+        })
+    }
+
+    /// Runs `work` with a pooled connection on the store's runtime, within
+    /// [`OPERATION_TIMEOUT`].
+    async fn with<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send,
+    {
+        let pool = self.pool.clone();
+        let task = self.runtime.get().spawn(async move {
+            let run = async {
+                let client = pool.get().await.map_err(pool_error)?;
+                work(client).await
+            };
+            tokio::time::timeout(OPERATION_TIMEOUT, run)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "the database did not answer in time".into(),
+                    ))
+                })
+        });
+        task.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The database's clock, in epoch milliseconds.
+async fn db_now(client: &impl GenericClient) -> Result<i64, StoreError> {
+    client
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[],
+        )
+        .await
+        .map(|row| row.get(0))
+        .map_err(pg_error)
+}
+
+/// Commits whatever ingests queued up meanwhile in one transaction; each in
+/// a savepoint, so one that fails does not sink the others.
+async fn run_writer(
+    pool: Pool,
+    mut inbox: mpsc::Receiver<IngestJob>,
+    alive: Arc<AtomicBool>,
+) {
+    while let Some(first) = inbox.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match inbox.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let committed = tokio::time::timeout(OPERATION_TIMEOUT, commit_group(&pool, &group))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the database did not answer in time".into(),
+                ))
+            });
+        match committed {
+            Ok(outcomes) => {
+                for ((_, _, reply), outcome) in group.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "store cannot commit");
+                for (_, _, reply) in group {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+    alive.store(false, Ordering::SeqCst);
+}
+
+async fn commit_group(
+    pool: &Pool,
+    group: &[IngestJob],
+) -> Result<Vec<Result<IngestOutcome, StoreError>>, StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let mut tx = client.transaction().await.map_err(pg_error)?;
+    let now = db_now(&tx).await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for (delivery, records, _) in group {
+        let savepoint = tx.savepoint("job").await.map_err(pg_error)?;
+        let outcome = insert_delivery(&savepoint, delivery, records, now).await;
+        match outcome {
+            Ok(_) => savepoint.commit().await.map_err(pg_error)?,
+            Err(_) => savepoint.rollback().await.map_err(pg_error)?,
+        }
+        outcomes.push(outcome);
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(outcomes)
+}
+
+async fn insert_delivery(
+    tx: &impl GenericClient,
+    delivery: &Delivery,
+    records: &[NewRecord],
+    now: i64,
+) -> Result<IngestOutcome, StoreError> {
+    let status = if delivery.deferred { "fetch" } else { "done" };
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO deliveries (source, received_ms, body, status, next_attempt_ms, updated_ms)
+             VALUES ($1, $2, $3, $4, $2, $2) RETURNING id",
+            &[&delivery.source, &delivery.received_ms, &delivery.body, &status],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    let fresh = insert_records(tx, id, delivery.source, now, records).await?;
+    if !delivery.deferred && !fresh.contains(&true) {
+        // Nothing new: a repeated delivery leaves no trace to purge later.
+        tx.execute("DELETE FROM deliveries WHERE id = $1", &[&id])
+            .await
+            .map_err(pg_error)?;
+    }
+    Ok(IngestOutcome { fresh })
+}
+
+async fn group_id(tx: &impl GenericClient, record: &NewRecord) -> Result<i64, StoreError> {
+    let key: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [
+        &record.external_account_id,
+        &record.external_event_id,
+        &record.state.as_str(),
+    ];
+    let select = "SELECT id FROM groups
+                  WHERE external_account_id = $1 AND external_event_id = $2 AND state = $3";
+    if let Some(row) = tx.query_opt(select, &key).await.map_err(pg_error)? {
+        return Ok(row.get(0));
+    }
+    tx.execute(
+        "INSERT INTO groups (external_account_id, external_event_id, state) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+        &key,
+    )
+    .await
+    .map_err(pg_error)?;
+    // Another replica may have inserted it first: read whichever row won.
+    Ok(tx.query_one(select, &key).await.map_err(pg_error)?.get(0))
+}
+
+async fn insert_records(
+    tx: &impl GenericClient,
+    delivery_id: i64,
+    source: &str,
+    now: i64,
+    records: &[NewRecord],
+) -> Result<Vec<bool>, StoreError> {
+    let mut fresh = Vec::with_capacity(records.len());
+    for record in records {
+        let mut record = record.clone();
+        if record.closes_session && !record.email.is_empty() {
+            let joined: Option<i64> = tx
+                .query_one(
+                    "SELECT MAX(interaction_ms) FROM records
+                     WHERE external_event_id = $1 AND email = $2 AND source = $3
+                       AND state = 'attend' AND external_account_id = $4 AND interaction_ms <= $5
+                       AND (properties::jsonb ->> 'joinedAt') IS NOT NULL
+                       AND (properties::jsonb ->> 'leftAt') IS NULL",
+                    &[
+                        &record.external_event_id,
+                        &record.email,
+                        &source,
+                        &record.external_account_id,
+                        &record.interaction_ms,
+                    ],
+                )
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            if let Some((ms, at)) = joined.and_then(|ms| Some((ms, format_utc(ms)?))) {
+                record.interaction_ms = ms;
+                record.properties.insert("joinedAt".to_owned(), at);
+            }
+        }
+        let group = group_id(tx, &record).await?;
+        let properties = serde_json::to_string(&record.properties).expect("string map serializes");
+        let event_info = record
+            .event
+            .as_ref()
+            .map(|e| serde_json::to_string(e).expect("serializes"));
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO records (delivery_id, group_id, dedupe_key, source, state, email,
+                     first_name, last_name, vid, participant, external_event_id, external_account_id,
+                     interaction_ms, properties, event_info, status, next_attempt_ms, created_ms,
+                     updated_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                     $17, $17, $17)
+                 ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                &[
+                    &delivery_id,
+                    &group,
+                    &&record.dedupe_key(source)[..],
+                    &source,
+                    &record.state.as_str(),
+                    &record.email,
+                    &record.first_name,
+                    &record.last_name,
+                    &record.vid,
+                    &record.participant,
+                    &record.external_event_id,
+                    &record.external_account_id,
+                    &record.interaction_ms,
+                    &properties,
+                    &event_info,
+                    &RecordStatus::initial(&record).as_str(),
+                    &now,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        fresh.push(inserted.is_some());
+    }
+    Ok(fresh)
+}
+
+const RECORD_COLUMNS: &str = "id, source, state, status, email, first_name, last_name, vid,
+    external_event_id, external_account_id, interaction_ms, properties, event_info,
+    attempts, created_ms, next_attempt_ms, last_error, participant";
+
+fn to_record(row: &Row) -> Result<StoredRecord, StoreError> {
+    let broken = |what: String| StoreError::Broken(format!("stored record: {what}"));
+    let state: String = row.get(2);
+    let status: String = row.get(3);
+    let properties: String = row.get(11);
+    let event_info: Option<String> = row.get(12);
+    Ok(StoredRecord {
+        id: row.get(0),
+        source: row.get(1),
+        status: RecordStatus::from_stored(&status).ok_or_else(|| broken(status.clone()))?,
+        attempts: row.get(13),
+        created_ms: row.get(14),
+        next_attempt_ms: row.get(15),
+        last_error: row.get(16),
+        record: NewRecord {
+            state: State::parse(&state).ok_or_else(|| broken(state.clone()))?,
+            email: row.get(4),
+            first_name: row.get(5),
+            last_name: row.get(6),
+            vid: row.get(7),
+            external_event_id: row.get(8),
+            external_account_id: row.get(9),
+            interaction_ms: row.get(10),
+            properties: serde_json::from_str(&properties).map_err(|e| broken(e.to_string()))?,
+            event: event_info
+                .map(|json| serde_json::from_str::<EventInfo>(&json))
+                .transpose()
+                .map_err(|e| broken(e.to_string()))?,
+            sender_id: None,
+            participant: row.get(17),
+            closes_session: false,
+        },
+    })
+}
+
+fn to_records(rows: &[Row]) -> Result<Vec<StoredRecord>, StoreError> {
+    rows.iter().map(to_record).collect()
+}
+
+async fn claim(
+    client: &mut deadpool_postgres::Object,
+    request: &ClaimRequest,
+) -> Result<Claimed, StoreError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let now = db_now(&tx).await?;
+    // A lease that ran out belongs to a forwarder that died mid-call.
+    tx.execute(
+        "UPDATE records SET status = 'pending', lease_owner = NULL
+         WHERE status = 'leased' AND leased_until_ms <= $1",
+        &[&now],
+    )
+    .await
+    .map_err(pg_error)?;
+    // Groups with pending records: a skip-scan of the queue index.
+    let groups: Vec<(i64, i64)> = tx
+        .query(
+            "WITH RECURSIVE g(id) AS (
+                 (SELECT group_id FROM records WHERE status = 'pending' ORDER BY group_id LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT r.group_id FROM records r
+                         WHERE r.status = 'pending' AND r.group_id > g.id
+                         ORDER BY r.group_id LIMIT 1)
+                 FROM g WHERE g.id IS NOT NULL)
+             SELECT g.id, (SELECT MIN(next_attempt_ms) FROM records
+                           WHERE status = 'pending' AND group_id = g.id)
+             FROM g WHERE g.id IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?
+        .iter()
+        .filter_map(|row| Some((row.get(0), row.get::<_, Option<i64>>(1)?)))
+        .collect();
+    let mut plan = ClaimPlan::new(request, now, groups);
+    let lease_until = now.saturating_add(duration_ms(request.lease));
+    let mut batches = Vec::new();
+    while let Some((group, limit)) = plan.next_read() {
+        // Rows another replica is claiming right now are skipped, not waited for.
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM records
+                     WHERE status = 'pending' AND group_id = $1 AND next_attempt_ms <= $2
+                     ORDER BY next_attempt_ms, id LIMIT $3 FOR UPDATE SKIP LOCKED"
+                ),
+                &[&group, &now, &(limit as i64)],
+            )
+            .await
+            .map_err(pg_error)?;
+        let chunk = to_records(&rows)?;
+        if !plan.found(&chunk) {
+            continue;
+        }
+        let lease = lease_token();
+        let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
+        tx.execute(
+            "UPDATE records SET status = 'leased', lease_owner = $1, leased_until_ms = $2,
+                 attempts = attempts + 1
+             WHERE id = ANY($3)",
+            &[&lease, &lease_until, &ids],
+        )
+        .await
+        .map_err(pg_error)?;
+        batches.push(ClaimedBatch::taken(lease, chunk));
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(Claimed {
+        next_ready_in: plan.next_ready_in(),
+        batches,
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ingest(
+        &self,
+        delivery: Delivery,
+        records: Vec<NewRecord>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let ingests = lock(&self.ingests).clone().ok_or(StoreError::Closed)?;
+        ingests
+            .send((delivery, records, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn alive(&self) -> bool {
+        self.writer_alive.load(Ordering::SeqCst) && lock(&self.ingests).is_some()
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.with(|client| async move {
+            client
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('heartbeat', clock_timestamp()::text)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[],
+                )
+                .await
+                .map(drop)
+                .map_err(pg_error)
+        })
+        .await
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        self.with(|client| async move {
+            let mut counts: Vec<(String, i64)> = Vec::new();
+            for sql in [
+                "SELECT status, COUNT(*) FROM records GROUP BY status",
+                "SELECT status, COUNT(*) FROM deliveries WHERE status <> 'done' GROUP BY status",
+            ] {
+                let rows = client.query(sql, &[]).await.map_err(pg_error)?;
+                counts.extend(rows.iter().map(|row| (row.get(0), row.get(1))));
+            }
+            let oldest: Option<i64> = client
+                .query_one(
+                    "SELECT LEAST(
+                         (SELECT created_ms FROM records WHERE status = 'pending' ORDER BY id LIMIT 1),
+                         (SELECT created_ms FROM records WHERE status = 'leased' ORDER BY id LIMIT 1),
+                         (SELECT MIN(received_ms) FROM deliveries WHERE status IN ('fetch', 'fetching')))",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            Ok(QueueStats::from_counts(counts, oldest))
+        })
+        .await
+    }
+
+    async fn records(
+        &self,
+        status: Option<RecordStatus>,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let statuses: Vec<String> = match status {
+            None => vec!["pending", "leased", "unmappable", "delivered", "dead"],
+            Some(RecordStatus::Pending) => vec!["pending", "leased"],
+            Some(other) => vec![other.as_str()],
+        }
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        self.with(move |client| async move {
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM records WHERE status = ANY($1)
+                         ORDER BY id LIMIT $2"
+                    ),
+                    &[&statuses, &limit],
+                )
+                .await
+                .map_err(pg_error)?;
+            to_records(&rows)
+        })
+        .await
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claimed, StoreError> {
+        let request = request.clone();
+        self.with(move |mut client| async move { claim(&mut client, &request).await })
+            .await
+    }
+
+    async fn renew(&self, lease: &str, extend: Duration) -> Result<bool, StoreError> {
+        let (lease, extend) = (lease.to_owned(), duration_ms(extend));
+        self.with(move |client| async move {
+            client
+                .execute(
+                    "UPDATE records
+                     SET leased_until_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $2
+                     WHERE status = 'leased' AND lease_owner = $1",
+                    &[&lease, &extend],
+                )
+                .await
+                .map(|n| n > 0)
+                .map_err(pg_error)
+        })
+        .await
+    }
+
+    async fn settle(
+        &self,
+        lease: &str,
+        outcomes: Vec<(i64, Settlement)>,
+    ) -> Result<usize, StoreError> {
+        let lease = lease.to_owned();
+        self.with(move |client| async move {
+            let now = db_now(&client).await?;
+            let (mut ids, mut statuses, mut next, mut errors, mut released) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (id, outcome) in &outcomes {
+                let settled = outcome.columns(now);
+                ids.push(*id);
+                statuses.push(settled.status);
+                next.push(settled.next_attempt_ms);
+                errors.push(settled.error.map(str::to_owned));
+                released.push(settled.released);
+            }
+            // One statement for the whole batch.
+            client
+                .execute(
+                    "UPDATE records r SET status = u.status,
+                         next_attempt_ms = COALESCE(u.next_attempt_ms, r.next_attempt_ms),
+                         last_error = COALESCE(u.error, r.last_error),
+                         leased_until_ms = NULL, lease_owner = NULL,
+                         attempts = CASE WHEN u.released THEN GREATEST(r.attempts - 1, 0) ELSE r.attempts END,
+                         updated_ms = CASE WHEN u.released THEN r.updated_ms ELSE $6 END
+                     FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bool[])
+                         AS u(id, status, next_attempt_ms, error, released)
+                     WHERE r.id = u.id AND r.status = 'leased' AND r.lease_owner = $7",
+                    &[&ids, &statuses, &next, &errors, &released, &now, &lease],
+                )
+                .await
+                .map(|n| n as usize)
+                .map_err(pg_error)
+        })
+        .await
+    }
+
+    async fn expedite_retries(&self) -> Result<u64, StoreError> {
+        self.with(|client| async move {
+            let now = db_now(&client).await?;
+            client
+                .execute(
+                    "UPDATE records SET next_attempt_ms = $1
+                     WHERE status = 'pending' AND next_attempt_ms > $1 AND attempts > 0",
+                    &[&now],
+                )
+                .await
+                .map_err(pg_error)
+        })
+        .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<DeferredDelivery>, StoreError> {
+        let lease_ms = duration_ms(lease);
+        self.with(move |mut client| async move {
+            let tx = client.transaction().await.map_err(pg_error)?;
+            let now = db_now(&tx).await?;
+            tx.execute(
+                "UPDATE deliveries SET status = 'fetch', lease_owner = NULL
+                 WHERE status = 'fetching' AND leased_until_ms <= $1",
+                &[&now],
+            )
+            .await
+            .map_err(pg_error)?;
+            let rows = tx
+                .query(
+                    "SELECT id, source, body, attempts, received_ms FROM deliveries
+                     WHERE status = 'fetch' AND next_attempt_ms <= $1
+                     ORDER BY next_attempt_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                    &[&now, &(limit as i64)],
+                )
+                .await
+                .map_err(pg_error)?;
+            let mut due = Vec::with_capacity(rows.len());
+            for row in rows {
+                let delivery = DeferredDelivery {
+                    id: row.get(0),
+                    source: row.get(1),
+                    body: row.get(2),
+                    attempts: row.get::<_, i64>(3) + 1,
+                    received_ms: row.get(4),
+                    lease: lease_token(),
+                };
+                tx.execute(
+                    "UPDATE deliveries SET status = 'fetching', lease_owner = $2,
+                         leased_until_ms = $3, attempts = attempts + 1
+                     WHERE id = $1",
+                    &[&delivery.id, &delivery.lease, &now.saturating_add(lease_ms)],
+                )
+                .await
+                .map_err(pg_error)?;
+                due.push(delivery);
+            }
+            tx.commit().await.map_err(pg_error)?;
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn settle_delivery(
+        &self,
+        delivery: &DeferredDelivery,
+        outcome: FetchOutcome,
+    ) -> Result<IngestOutcome, StoreError> {
+        let delivery = delivery.clone();
+        self.with(move |mut client| async move {
+            let tx = client.transaction().await.map_err(pg_error)?;
+            let now = db_now(&tx).await?;
+            let held = tx
+                .query_opt(
+                    "SELECT 1 FROM deliveries
+                     WHERE id = $1 AND status = 'fetching' AND lease_owner = $2 FOR UPDATE",
+                    &[&delivery.id, &delivery.lease],
+                )
+                .await
+                .map_err(pg_error)?
+                .is_some();
+            if !held {
+                // The lease ran out and another fetcher owns the delivery now.
+                return Ok(IngestOutcome::default());
+            }
+            let (status, next_attempt, error, fresh) = match &outcome {
+                FetchOutcome::Resolved { records, problem } => {
+                    let fresh =
+                        insert_records(&tx, delivery.id, &delivery.source, now, records).await?;
+                    let status = if problem.is_some() { "failed" } else { "done" };
+                    (status, None, problem.clone(), fresh)
+                }
+                FetchOutcome::Retry { delay, error } => (
+                    "fetch",
+                    Some(now.saturating_add(duration_ms(*delay))),
+                    Some(error.clone()),
+                    Vec::new(),
+                ),
+                FetchOutcome::Failed { reason } => ("failed", None, Some(reason.clone()), Vec::new()),
+            };
+            tx.execute(
+                "UPDATE deliveries SET status = $2, next_attempt_ms = COALESCE($3, next_attempt_ms),
+                     last_error = $4, lease_owner = NULL, leased_until_ms = NULL, updated_ms = $5
+                 WHERE id = $1",
+                &[&delivery.id, &status, &next_attempt, &error, &now],
+            )
+            .await
+            .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(IngestOutcome { fresh })
+        })
+        .await
+    }
+
+    async fn load_credential(&self, key: &str) -> Result<Option<StoredCredential>, StoreError> {
+        let key = key.to_owned();
+        self.with(move |client| async move {
+            let row = client
+                .query_opt(
+                    "SELECT origin, refresh_token, access_token, expires_at_ms FROM credentials
+                     WHERE key = $1",
+                    &[&key],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(row.map(|row| StoredCredential {
+                origin: row.get(0),
+                refresh_token: Secret::from(row.get::<_, String>(1)),
+                access_token: Secret::from(row.get::<_, String>(2)),
+                expires_at_ms: row.get(3),
+            }))
+        })
+        .await
+    }
+
+    async fn save_credential(
+        &self,
+        key: &str,
+        credential: &StoredCredential,
+    ) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        let credential = credential.clone();
+        self.with(move |client| async move {
+            client
+                .execute(
+                    "INSERT INTO credentials (key, origin, refresh_token, access_token, expires_at_ms, updated_ms)
+                     VALUES ($1, $2, $3, $4, $5, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                     ON CONFLICT (key) DO UPDATE SET origin = EXCLUDED.origin,
+                         refresh_token = EXCLUDED.refresh_token, access_token = EXCLUDED.access_token,
+                         expires_at_ms = EXCLUDED.expires_at_ms, updated_ms = EXCLUDED.updated_ms",
+                    &[
+                        &key,
+                        &credential.origin,
+                        &credential.refresh_token.expose(),
+                        &credential.access_token.expose(),
+                        &credential.expires_at_ms,
+                    ],
+                )
+                .await
+                .map(drop)
+                .map_err(pg_error)
+        })
+        .await
+    }
+
+    async fn purge_settled(&self, older_than_ms: i64, max_rows: u64) -> Result<u64, StoreError> {
+        let max_rows = i64::try_from(max_rows).unwrap_or(i64::MAX);
+        self.with(move |client| async move {
+            let records = client
+                .execute(
+                    "DELETE FROM records WHERE id IN (
+                         SELECT id FROM records
+                         WHERE status IN ('delivered', 'dead', 'unmappable') AND updated_ms < $1
+                         ORDER BY updated_ms LIMIT $2)",
+                    &[&older_than_ms, &max_rows],
+                )
+                .await
+                .map_err(pg_error)?;
+            let room = max_rows - records as i64;
+            if room <= 0 {
+                return Ok(records);
+            }
+            let deliveries = client
+                .execute(
+                    "DELETE FROM deliveries WHERE id IN (
+                         SELECT d.id FROM deliveries d
+                         WHERE d.received_ms < $1 AND d.status IN ('done', 'failed')
+                           AND NOT EXISTS (SELECT 1 FROM records r WHERE r.delivery_id = d.id)
+                         ORDER BY d.id LIMIT $2)",
+                    &[&older_than_ms, &room],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(records + deliveries)
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        // Without its sender the writer ends once what is queued is committed.
+        drop(lock(&self.ingests).take());
+        let writer = lock(&self.writer).take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+        self.pool.close();
+    }
+}

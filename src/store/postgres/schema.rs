@@ -1,0 +1,114 @@
+//! The PostgreSQL schema, versioned in `relay_schema`, applied at start under
+//! an advisory lock so replicas starting at once migrate once.
+
+use tokio_postgres::Client;
+
+use super::pg_error;
+use crate::store::StoreError;
+
+/// Version of [`SCHEMA`].
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Key of the advisory lock migrations hold ("relay" in ASCII).
+const MIGRATION_LOCK: i64 = 0x72_65_6c_61_79;
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE deliveries (
+    id              BIGSERIAL PRIMARY KEY,
+    source          TEXT   NOT NULL,
+    received_ms     BIGINT NOT NULL,
+    body            BYTEA  NOT NULL,
+    status          TEXT   NOT NULL DEFAULT 'done',
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    next_attempt_ms BIGINT,
+    leased_until_ms BIGINT,
+    lease_owner     TEXT,
+    last_error      TEXT,
+    updated_ms      BIGINT
+);
+CREATE INDEX deliveries_owed ON deliveries (status, next_attempt_ms) WHERE status <> 'done';
+CREATE TABLE groups (
+    id                  BIGSERIAL PRIMARY KEY,
+    external_account_id TEXT NOT NULL,
+    external_event_id   TEXT NOT NULL,
+    state               TEXT NOT NULL,
+    UNIQUE (external_account_id, external_event_id, state)
+);
+CREATE TABLE records (
+    id                  BIGSERIAL PRIMARY KEY,
+    delivery_id         BIGINT NOT NULL REFERENCES deliveries (id),
+    group_id            BIGINT NOT NULL REFERENCES groups (id),
+    dedupe_key          BYTEA  NOT NULL,
+    source              TEXT   NOT NULL,
+    state               TEXT   NOT NULL,
+    email               TEXT   NOT NULL,
+    first_name          TEXT,
+    last_name           TEXT,
+    vid                 BIGINT,
+    participant         TEXT,
+    external_event_id   TEXT   NOT NULL,
+    external_account_id TEXT   NOT NULL,
+    interaction_ms      BIGINT NOT NULL,
+    properties          TEXT   NOT NULL,
+    event_info          TEXT,
+    status              TEXT   NOT NULL,
+    attempts            BIGINT NOT NULL DEFAULT 0,
+    next_attempt_ms     BIGINT NOT NULL,
+    leased_until_ms     BIGINT,
+    lease_owner         TEXT,
+    last_error          TEXT,
+    created_ms          BIGINT NOT NULL,
+    updated_ms          BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX records_identity ON records (dedupe_key);
+CREATE INDEX records_by_contact ON records (external_event_id, email);
+CREATE INDEX records_queue ON records (group_id, next_attempt_ms) WHERE status = 'pending';
+CREATE INDEX records_leased ON records (leased_until_ms) WHERE status = 'leased';
+CREATE INDEX records_by_status ON records (status, id);
+CREATE INDEX records_settled ON records (updated_ms)
+    WHERE status IN ('delivered', 'dead', 'unmappable');
+CREATE INDEX records_by_delivery ON records (delivery_id);
+CREATE TABLE credentials (
+    key           TEXT PRIMARY KEY,
+    origin        TEXT   NOT NULL,
+    refresh_token TEXT   NOT NULL,
+    access_token  TEXT   NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    updated_ms    BIGINT NOT NULL
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#;
+
+pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_error)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS relay_schema (version INTEGER NOT NULL)")
+        .await
+        .map_err(pg_error)?;
+    let version: Option<i32> = tx
+        .query_one("SELECT MAX(version) FROM relay_schema", &[])
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    match version {
+        Some(SCHEMA_VERSION) => {}
+        Some(newer) if newer > SCHEMA_VERSION => {
+            return Err(StoreError::Broken(format!(
+                "the database has schema version {newer}, newer than this gateway's \
+                 {SCHEMA_VERSION}: run a newer gateway"
+            )));
+        }
+        _ => {
+            tx.batch_execute(SCHEMA).await.map_err(pg_error)?;
+            tx.execute("INSERT INTO relay_schema (version) VALUES ($1)", &[&SCHEMA_VERSION])
+                .await
+                .map_err(pg_error)?;
+        }
+    }
+    tx.commit().await.map_err(pg_error)
+}

@@ -1,0 +1,56 @@
+//! A fresh PostgreSQL database per test, dropped after. The server is the
+//! one every machine and CI run has on 127.0.0.1:5432
+//! (`RELAY_TEST_POSTGRES_URL` names another).
+
+/// The server's maintenance database, where test databases are created.
+fn server_url() -> String {
+    std::env::var("RELAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Runs `sql` on the server, on a thread of its own (tests run on actix's
+/// runtime, and drops happen anywhere).
+fn on_server(sql: String) -> Result<(), String> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            client.batch_execute(&sql).await.map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .expect("the PostgreSQL helper thread does not panic")
+}
+
+pub struct TestDatabase {
+    name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// `None` (a skip, or a failure in CI) when no server answers.
+    pub fn create() -> Option<Self> {
+        let name = format!("relay_test_{}_{:x}", std::process::id(), fastrand::u64(..));
+        if let Err(err) = on_server(format!("CREATE DATABASE {name}")) {
+            crate::helpers::skip(format!("PostgreSQL is not reachable at {}: {err}", server_url()));
+            return None;
+        }
+        let url = match server_url().rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("RELAY_TEST_POSTGRES_URL names no database"),
+        };
+        Some(Self { name, url })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let _ = on_server(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
