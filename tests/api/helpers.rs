@@ -36,10 +36,7 @@ pub fn test_env(dir: &TempDir, overrides: &[(&str, &str)]) -> HashMap<String, St
     let mut env: HashMap<String, String> = [
         ("RELAY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("RELAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-        (
-            "RELAY_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("relay.db").display()),
-        ),
+        ("RELAY_DATABASE_URL", database_url(dir)),
         ("RELAY_WORKERS", "1".to_owned()),
         ("ZOOM_WEBHOOK_SECRET_TOKEN", ZOOM_SECRET.to_owned()),
     ]
@@ -50,6 +47,33 @@ pub fn test_env(dir: &TempDir, overrides: &[(&str, &str)]) -> HashMap<String, St
         env.insert((*key).to_owned(), (*value).to_owned());
     }
     env
+}
+
+/// The store of the instances on `dir`: its SQLite file, or with
+/// `RELAY_TEST_STORE=postgres` a PostgreSQL database of its own, created on
+/// first use and dropped with the last instance on it.
+fn database_url(dir: &TempDir) -> String {
+    if std::env::var("RELAY_TEST_STORE").as_deref() != Ok("postgres") {
+        return format!("sqlite://{}", dir.path().join("relay.db").display());
+    }
+    let mut databases = DATABASES.lock().unwrap();
+    databases
+        .entry(dir.path().to_owned())
+        .or_insert_with(|| crate::pg::TestDatabase::create().expect("PostgreSQL for RELAY_TEST_STORE=postgres"))
+        .url
+        .clone()
+}
+
+static DATABASES: std::sync::LazyLock<std::sync::Mutex<HashMap<PathBuf, crate::pg::TestDatabase>>> =
+    std::sync::LazyLock::new(Default::default);
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self._dir) == 1 {
+            let database = DATABASES.lock().unwrap().remove(self._dir.path());
+            drop(database);
+        }
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -77,10 +101,9 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, overrides: &[(&str, &str)]) -> Test
     let running = actix_web::rt::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
-    TestApp {
-        stopped: Some(running),
-        ..test_app
-    }
+    let mut test_app = test_app;
+    test_app.stopped = Some(running);
+    test_app
 }
 
 pub fn now_secs() -> i64 {
