@@ -114,9 +114,14 @@ pub struct QueueStats {
 
 impl QueueStats {
     /// From counts of stored statuses, records' and deliveries' alike.
-    fn from_counts(counts: impl IntoIterator<Item = (String, i64)>, oldest_pending_ms: Option<i64>) -> Self {
-        let mut by_status: Vec<(RecordStatus, i64)> =
-            RecordStatus::ALL.into_iter().map(|status| (status, 0)).collect();
+    fn from_counts(
+        counts: impl IntoIterator<Item = (String, i64)>,
+        oldest_pending_ms: Option<i64>,
+    ) -> Self {
+        let mut by_status: Vec<(RecordStatus, i64)> = RecordStatus::ALL
+            .into_iter()
+            .map(|status| (status, 0))
+            .collect();
         for (stored, n) in counts {
             let status = match stored.as_str() {
                 "fetch" | "fetching" => Some(RecordStatus::Pending),

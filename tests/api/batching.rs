@@ -9,11 +9,10 @@ use attendance_relay::{
     hubspot::Operation,
 };
 use futures_util::{StreamExt, stream};
-use tempfile::TempDir;
 
 use crate::helpers::{
-    TestApp, metric, spawn_app_in, spawn_forwarding_app, spawn_forwarding_app_in, wait_until,
-    zoom_join,
+    StoreDir, TestApp, metric, spawn_app_in, spawn_forwarding_app, spawn_forwarding_app_in,
+    wait_until, zoom_join,
 };
 
 /// Posts joins `(webinar, email)` through `connections` concurrent senders.
@@ -43,7 +42,12 @@ fn inputs(call: &Call) -> usize {
 /// Joins of `webinars` webinars, interleaved as concurrent webinars' joins arrive.
 fn interleaved(webinars: usize, per_webinar: usize) -> Vec<(String, String)> {
     (0..webinars * per_webinar)
-        .map(|i| (format!("{}", 8_000 + i % webinars), format!("p{i}@example.com")))
+        .map(|i| {
+            (
+                format!("{}", 8_000 + i % webinars),
+                format!("p{i}@example.com"),
+            )
+        })
         .collect()
 }
 
@@ -54,7 +58,7 @@ async fn backlog_then_drain(
     hubspot: &Simulator,
     overrides: &[(&str, &str)],
 ) -> TestApp {
-    let dir = Arc::new(TempDir::new().unwrap());
+    let dir = StoreDir::new();
     let waiting = spawn_app_in(Arc::clone(&dir), &[]).await;
     post_joins(&waiting, joins, 16).await;
     let dir = waiting.stop().await;
@@ -84,7 +88,9 @@ async fn joins_arriving_fast_go_in_full_batches_and_linger_only_bounds_the_rest(
     for (_, email) in &joins {
         hubspot.add_contact(email);
     }
-    let app = spawn_forwarding_app(&hubspot, &[("RELAY_BATCH_LINGER_MS", "250")]).await;
+    // Long enough that even a loaded runner posts faster than batches linger:
+    // every batch then leaves full, and only the last one waits.
+    let app = spawn_forwarding_app(&hubspot, &[("RELAY_BATCH_LINGER_MS", "3000")]).await;
     post_joins(&app, &joins, 16).await;
     wait_until("every join is delivered", 30, async || {
         hubspot.attendance().len() == joins.len()
@@ -123,14 +129,21 @@ async fn under_random_5xx_hangs_and_429s_everything_arrives_once_in_full_batches
     .await;
 
     let attendance = hubspot.attendance();
-    assert_eq!(attendance.len(), joins.len(), "each record reached HubSpot once");
+    assert_eq!(
+        attendance.len(),
+        joins.len(),
+        "each record reached HubSpot once"
+    );
     let calls = creates(&hubspot);
     let total: usize = calls.iter().map(inputs).sum();
     let full: usize = calls.iter().map(inputs).filter(|n| *n == 100).sum();
     assert!(
         full as f64 >= 0.9 * total as f64,
         "{full} of {total} create inputs in full batches: {:?}",
-        calls.iter().map(|c| (inputs(c), c.status)).collect::<Vec<_>>()
+        calls
+            .iter()
+            .map(|c| (inputs(c), c.status))
+            .collect::<Vec<_>>()
     );
     assert_eq!(hubspot.rate_limited(), 0, "no call beyond HubSpot's limit");
     let failed = calls.iter().filter(|c| c.status != 200).count();

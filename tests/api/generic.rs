@@ -586,7 +586,7 @@ async fn unusable_keys_stop_the_start_with_a_clear_error() {
         ),
     ];
     for (overrides, named) in cases {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::helpers::StoreDir::new();
         let settings = Settings::init_from_hashmap(&test_env(&dir, &overrides)).unwrap();
         match Application::build(settings).await {
             Ok(_) => panic!("{named}: started with an unusable key"),

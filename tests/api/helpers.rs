@@ -28,15 +28,15 @@ pub struct TestApp {
     pub client: awc::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     stopped: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
-    _dir: Arc<TempDir>,
+    _dir: Arc<StoreDir>,
 }
 
 /// Settings of a test instance: loopback port 0, a fresh database, Zoom on.
-pub fn test_env(dir: &TempDir, overrides: &[(&str, &str)]) -> HashMap<String, String> {
+pub fn test_env(dir: &StoreDir, overrides: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("RELAY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("RELAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-        ("RELAY_DATABASE_URL", database_url(dir)),
+        ("RELAY_DATABASE_URL", dir.database_url()),
         ("RELAY_WORKERS", "1".to_owned()),
         ("ZOOM_WEBHOOK_SECRET_TOKEN", ZOOM_SECRET.to_owned()),
     ]
@@ -49,29 +49,33 @@ pub fn test_env(dir: &TempDir, overrides: &[(&str, &str)]) -> HashMap<String, St
     env
 }
 
-/// The store of the instances on `dir`: its SQLite file, or with
-/// `RELAY_TEST_STORE=postgres` a PostgreSQL database of its own, created on
-/// first use and dropped with the last instance on it.
-fn database_url(dir: &TempDir) -> String {
-    if std::env::var("RELAY_TEST_STORE").as_deref() != Ok("postgres") {
-        return format!("sqlite://{}", dir.path().join("relay.db").display());
-    }
-    let mut databases = DATABASES.lock().unwrap();
-    databases
-        .entry(dir.path().to_owned())
-        .or_insert_with(|| crate::pg::TestDatabase::create().expect("PostgreSQL for RELAY_TEST_STORE=postgres"))
-        .url
-        .clone()
+/// Where the instances of a test keep their store: a folder for SQLite, or
+/// with `RELAY_TEST_STORE=postgres` a PostgreSQL database of its own, dropped
+/// with the folder.
+pub struct StoreDir {
+    dir: TempDir,
+    database: Option<crate::pg::TestDatabase>,
 }
 
-static DATABASES: std::sync::LazyLock<std::sync::Mutex<HashMap<PathBuf, crate::pg::TestDatabase>>> =
-    std::sync::LazyLock::new(Default::default);
+impl StoreDir {
+    pub fn new() -> Arc<Self> {
+        let postgres = std::env::var("RELAY_TEST_STORE").as_deref() == Ok("postgres");
+        Arc::new(Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            database: postgres.then(|| {
+                crate::pg::TestDatabase::create().expect("PostgreSQL for RELAY_TEST_STORE=postgres")
+            }),
+        })
+    }
 
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if Arc::strong_count(&self._dir) == 1 {
-            let database = DATABASES.lock().unwrap().remove(self._dir.path());
-            drop(database);
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn database_url(&self) -> String {
+        match &self.database {
+            Some(database) => database.url.clone(),
+            None => format!("sqlite://{}", self.path().join("relay.db").display()),
         }
     }
 }
@@ -81,11 +85,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
-    spawn_app_in(Arc::new(tempfile::tempdir().expect("temp dir")), overrides).await
+    spawn_app_in(StoreDir::new(), overrides).await
 }
 
 /// An instance on the store in `dir` (a restart, or a second replica).
-pub async fn spawn_app_in(dir: Arc<TempDir>, overrides: &[(&str, &str)]) -> TestApp {
+pub async fn spawn_app_in(dir: Arc<StoreDir>, overrides: &[(&str, &str)]) -> TestApp {
     let settings = Settings::init_from_hashmap(&test_env(&dir, overrides)).expect("valid settings");
     let app = Application::build(settings).await.expect("app starts");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -164,7 +168,7 @@ pub fn zoom_examples() -> Option<HashMap<String, Vec<u8>>> {
 
 impl TestApp {
     /// Stops the instance as SIGTERM would; returns its folder for a restart.
-    pub async fn stop(mut self) -> Arc<TempDir> {
+    pub async fn stop(mut self) -> Arc<StoreDir> {
         let _ = self.stop.take().expect("running").send(());
         self.stopped
             .take()
@@ -256,12 +260,12 @@ pub const HUBSPOT_TOKEN: &str = "test-hubspot-token";
 
 /// A gateway forwarding to `hubspot` with a static token and a short linger.
 pub async fn spawn_forwarding_app(hubspot: &Simulator, overrides: &[(&str, &str)]) -> TestApp {
-    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let dir = StoreDir::new();
     spawn_forwarding_app_in(dir, hubspot, overrides).await
 }
 
 pub async fn spawn_forwarding_app_in(
-    dir: Arc<TempDir>,
+    dir: Arc<StoreDir>,
     hubspot: &Simulator,
     overrides: &[(&str, &str)],
 ) -> TestApp {

@@ -17,12 +17,13 @@ use serde_json::{Value, json};
 
 use attendance_relay::{
     demo::simulator::{Fault, OAuthOptions, Options, Simulator},
-        hubspot::Operation,
+    hubspot::Operation,
     store::RecordStatus,
 };
 
 use crate::helpers::{
-    Gateway, TestApp, metric, spawn_forwarding_app, spawn_forwarding_app_in, wait_until, zoom_join,
+    Gateway, StoreDir, TestApp, metric, spawn_forwarding_app, spawn_forwarding_app_in, wait_until,
+    zoom_join,
 };
 
 const CLIENT_ID: &str = "test-client-id";
@@ -52,7 +53,7 @@ const OAUTH_ENV: [(&str, &str); 4] = [
     ("HUBSPOT_REFRESH_TOKEN", REFRESH_TOKEN),
 ];
 
-async fn oauth_app(dir: Arc<tempfile::TempDir>, hubspot: &Simulator) -> TestApp {
+async fn oauth_app(dir: Arc<StoreDir>, hubspot: &Simulator) -> TestApp {
     spawn_forwarding_app_in(dir, hubspot, &OAUTH_ENV).await
 }
 
@@ -72,7 +73,7 @@ async fn deliver(app: &TestApp, hubspot: &Simulator, webinar: &str, email: &str)
 #[actix_web::test]
 async fn the_token_is_fetched_once_stored_and_reused_after_a_restart() {
     let hubspot = hubspot(1800).await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let dir = StoreDir::new();
     let app = oauth_app(Arc::clone(&dir), &hubspot).await;
     deliver(&app, &hubspot, "1", "ann@example.com").await;
 
@@ -124,7 +125,7 @@ async fn the_token_is_fetched_once_stored_and_reused_after_a_restart() {
 async fn oauth_app_with_generic(hubspot: &Simulator) -> TestApp {
     let mut env = OAUTH_ENV.to_vec();
     env.push(("GENERIC_JWT_SECRET", GENERIC_SECRET));
-    spawn_forwarding_app_in(Arc::new(tempfile::tempdir().unwrap()), hubspot, &env).await
+    spawn_forwarding_app_in(StoreDir::new(), hubspot, &env).await
 }
 
 /// Twenty webinars in one delivery, contact ids given: twenty create calls
@@ -229,7 +230,7 @@ async fn calls_waiting_on_a_failed_refresh_share_it_and_the_next_waits_for_the_b
 #[actix_web::test]
 async fn a_five_second_token_is_refreshed_at_half_its_life_not_on_every_call() {
     let hubspot = hubspot(5).await;
-    let app = oauth_app(Arc::new(tempfile::tempdir().unwrap()), &hubspot).await;
+    let app = oauth_app(StoreDir::new(), &hubspot).await;
     let started = Instant::now();
     let mut delivered = 0;
     while started.elapsed() < Duration::from_secs(6) {
@@ -318,7 +319,7 @@ async fn a_redirect_from_the_token_endpoint_is_not_followed() {
 #[actix_web::test]
 async fn a_401_refreshes_once_and_retries_the_call() {
     let hubspot = hubspot(1800).await;
-    let app = oauth_app(Arc::new(tempfile::tempdir().unwrap()), &hubspot).await;
+    let app = oauth_app(StoreDir::new(), &hubspot).await;
     deliver(&app, &hubspot, "1", "ann@example.com").await;
     hubspot.expire_access_tokens();
     deliver(&app, &hubspot, "1", "bob@example.com").await;
@@ -343,7 +344,7 @@ async fn a_401_refreshes_once_and_retries_the_call() {
 #[actix_web::test]
 async fn a_refused_refresh_pauses_forwarding_until_the_credential_works_again() {
     let hubspot = hubspot(1800).await;
-    let app = oauth_app(Arc::new(tempfile::tempdir().unwrap()), &hubspot).await;
+    let app = oauth_app(StoreDir::new(), &hubspot).await;
     deliver(&app, &hubspot, "1", "ann@example.com").await;
 
     hubspot.revoke(); // the app was uninstalled

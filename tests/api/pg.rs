@@ -17,9 +17,10 @@ fn on_server(sql: String) -> Result<(), String> {
             .build()
             .map_err(|e| e.to_string())?;
         runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (client, connection) =
+                tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
             tokio::spawn(connection);
             client.batch_execute(&sql).await.map_err(|e| e.to_string())
         })
@@ -38,7 +39,10 @@ impl TestDatabase {
     pub fn create() -> Option<Self> {
         let name = format!("relay_test_{}_{:x}", std::process::id(), fastrand::u64(..));
         if let Err(err) = on_server(format!("CREATE DATABASE {name}")) {
-            crate::helpers::skip(format!("PostgreSQL is not reachable at {}: {err}", server_url()));
+            crate::helpers::skip(format!(
+                "PostgreSQL is not reachable at {}: {err}",
+                server_url()
+            ));
             return None;
         }
         let url = match server_url().rsplit_once('/') {
@@ -51,6 +55,9 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let _ = on_server(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        let _ = on_server(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
     }
 }

@@ -18,15 +18,15 @@ use std::{
 };
 
 use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
 use tokio::sync::{mpsc, oneshot};
-use deadpool_postgres::GenericClient;
 use tokio_postgres::{NoTls, Row, error::SqlState};
 
 use super::{
-    ClaimRequest, Claimed, ClaimedBatch, DeferredDelivery, FetchOutcome, IngestOutcome,
-    QueueStats, RecordStatus, Settlement, Store, StoreError, StoredCredential, StoredRecord,
-    duration_ms, lease_token, plan::ClaimPlan,
+    ClaimRequest, Claimed, ClaimedBatch, DeferredDelivery, FetchOutcome, IngestOutcome, QueueStats,
+    RecordStatus, Settlement, Store, StoreError, StoredCredential, StoredRecord, duration_ms,
+    lease_token, plan::ClaimPlan,
 };
 use crate::{
     record::{Delivery, EventInfo, NewRecord, State, format_utc},
@@ -182,7 +182,9 @@ impl PostgresStore {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The database's clock, in epoch milliseconds.
@@ -199,11 +201,7 @@ async fn db_now(client: &impl GenericClient) -> Result<i64, StoreError> {
 
 /// Commits whatever ingests queued up meanwhile in one transaction; each in
 /// a savepoint, so one that fails does not sink the others.
-async fn run_writer(
-    pool: Pool,
-    mut inbox: mpsc::Receiver<IngestJob>,
-    alive: Arc<AtomicBool>,
-) {
+async fn run_writer(pool: Pool, mut inbox: mpsc::Receiver<IngestJob>, alive: Arc<AtomicBool>) {
     while let Some(first) = inbox.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -750,7 +748,9 @@ impl Store for PostgresStore {
                     Some(error.clone()),
                     Vec::new(),
                 ),
-                FetchOutcome::Failed { reason } => ("failed", None, Some(reason.clone()), Vec::new()),
+                FetchOutcome::Failed { reason } => {
+                    ("failed", None, Some(reason.clone()), Vec::new())
+                }
             };
             tx.execute(
                 "UPDATE deliveries SET status = $2, next_attempt_ms = COALESCE($3, next_attempt_ms),

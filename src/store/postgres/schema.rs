@@ -105,9 +105,12 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         }
         _ => {
             tx.batch_execute(SCHEMA).await.map_err(pg_error)?;
-            tx.execute("INSERT INTO relay_schema (version) VALUES ($1)", &[&SCHEMA_VERSION])
-                .await
-                .map_err(pg_error)?;
+            tx.execute(
+                "INSERT INTO relay_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .await
+            .map_err(pg_error)?;
         }
     }
     tx.commit().await.map_err(pg_error)

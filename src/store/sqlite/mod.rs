@@ -23,8 +23,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    ClaimRequest, Claimed, DeferredDelivery, FetchOutcome, IngestOutcome, QueueStats,
-    RecordStatus, Settlement, Store, StoreError, StoredCredential, StoredRecord,
+    ClaimRequest, Claimed, DeferredDelivery, FetchOutcome, IngestOutcome, QueueStats, RecordStatus,
+    Settlement, Store, StoreError, StoredCredential, StoredRecord,
 };
 use crate::{
     record::{Delivery, NewRecord, now_ms},
@@ -321,7 +321,6 @@ fn run_checkpoints(conn: &Connection, stop: &std_mpsc::Receiver<()>) {
         tracing::warn!(error = %err, "final WAL checkpoint failed");
     }
 }
-
 
 #[async_trait]
 impl Store for SqliteStore {

@@ -171,8 +171,8 @@ pub fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> 
     let status: String = row.get(3)?;
     let properties: String = row.get(11)?;
     let event_info: Option<String> = row.get(12)?;
-    let status =
-        RecordStatus::from_stored(&status).ok_or_else(|| text_err(3, format!("status {status}")))?;
+    let status = RecordStatus::from_stored(&status)
+        .ok_or_else(|| text_err(3, format!("status {status}")))?;
     Ok(StoredRecord {
         id: row.get(0)?,
         source: row.get(1)?,
@@ -240,7 +240,12 @@ pub fn queue_stats(conn: &Connection) -> Result<QueueStats> {
 }
 
 /// A group's due records, oldest due first.
-fn due_of_group(conn: &Connection, group: i64, now: i64, limit: usize) -> Result<Vec<StoredRecord>> {
+fn due_of_group(
+    conn: &Connection,
+    group: i64,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<StoredRecord>> {
     conn.prepare_cached(&format!(
         "SELECT {RECORD_COLUMNS} FROM records
          WHERE status = 'pending' AND group_id = ?1 AND next_attempt_ms <= ?2
@@ -439,9 +444,12 @@ pub fn settle_delivery(
             let status = if problem.is_some() { "failed" } else { "done" };
             (status, None, problem.as_deref(), fresh)
         }
-        FetchOutcome::Retry { delay, error } => {
-            ("fetch", Some(now + duration_ms(*delay)), Some(error.as_str()), Vec::new())
-        }
+        FetchOutcome::Retry { delay, error } => (
+            "fetch",
+            Some(now + duration_ms(*delay)),
+            Some(error.as_str()),
+            Vec::new(),
+        ),
         FetchOutcome::Failed { reason } => ("failed", None, Some(reason.as_str()), Vec::new()),
     };
     conn.prepare_cached(
