@@ -288,6 +288,7 @@ fn forwarder_from(
         settings.hubspot_rate_limit_per_10s.get(),
         Duration::from_millis(settings.hubspot_request_timeout_ms),
         Arc::clone(&metrics),
+        Arc::clone(&store),
     );
     let config = forwarder::Config {
         batch_size: settings.hubspot_batch_size.get(),

@@ -19,6 +19,7 @@ use crate::{
     metrics::Metrics,
     outbound,
     record::{EventInfo, State, normalize_email},
+    store::Store,
     token::{CredentialError, TokenSource},
 };
 
@@ -112,12 +113,13 @@ impl HubSpotClient {
         limit_per_10s: u32,
         timeout: Duration,
         metrics: Arc<Metrics>,
+        store: Arc<dyn Store>,
     ) -> Self {
         Self {
             http: outbound::client(timeout, true),
             base: base_url.trim_end_matches('/').to_owned(),
             token,
-            limiter: RateLimiter::new(limit_per_10s),
+            limiter: RateLimiter::new(limit_per_10s, store),
             metrics,
         }
     }

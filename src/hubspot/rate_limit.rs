@@ -7,14 +7,24 @@
 //! the moment it is admitted until [`WINDOW`] (plus a small margin) after its
 //! answer came: whatever the latency, no 10 seconds of arrivals at HubSpot
 //! ever hold more than `limit` calls.
+//!
+//! Replicas sharing a store also keep that window in the store, so the limit
+//! holds for the deployment as a whole, and HubSpot's requests to slow down
+//! reach every replica.
 
 use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
+    sync::Arc,
     time::Duration,
 };
 
 use tokio::{sync::Notify, time::Instant};
+
+use crate::store::Store;
+
+/// How long to wait before asking again when the shared window cannot be read.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 pub const WINDOW: Duration = Duration::from_secs(10);
 /// For clock granularity between our timer and HubSpot's.
@@ -22,6 +32,8 @@ const MARGIN: Duration = Duration::from_millis(100);
 
 pub struct RateLimiter {
     limit: usize,
+    /// Where the deployment's window is kept.
+    store: Arc<dyn Store>,
     /// Callers queue here, so calls are admitted in arrival order.
     turn: tokio::sync::Mutex<()>,
     state: RefCell<Window>,
@@ -42,10 +54,20 @@ struct Window {
 pub struct Permit<'a> {
     limiter: &'a RateLimiter,
     id: u64,
+    /// Its place in the deployment's window.
+    shared: i64,
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
+        if self.shared > 0 {
+            let (store, call) = (Arc::clone(&self.limiter.store), self.shared);
+            actix_web::rt::spawn(async move {
+                if let Err(err) = store.call_answered(call).await {
+                    tracing::warn!(error = %err, "cannot record a HubSpot answer in the shared window");
+                }
+            });
+        }
         let now = Instant::now();
         let mut window = self.limiter.state.borrow_mut();
         if let Some(call) = window.calls.iter_mut().find(|(id, _)| *id == self.id) {
@@ -57,9 +79,10 @@ impl Drop for Permit<'_> {
 }
 
 impl RateLimiter {
-    pub fn new(limit_per_10s: u32) -> Self {
+    pub fn new(limit_per_10s: u32, store: Arc<dyn Store>) -> Self {
         Self {
             limit: limit_per_10s.max(1) as usize,
+            store,
             turn: tokio::sync::Mutex::new(()),
             state: RefCell::new(Window::default()),
             answered: Notify::new(),
@@ -71,6 +94,28 @@ impl RateLimiter {
     /// permit is dropped (when the answer came) plus the window.
     pub async fn acquire(&self) -> Permit<'_> {
         let _turn = self.turn.lock().await;
+        let mut permit = self.acquire_here().await;
+        permit.shared = self.acquire_shared().await;
+        permit
+    }
+
+    /// A place in the deployment's window (0: the store leaves it to us).
+    async fn acquire_shared(&self) -> i64 {
+        let limit = u32::try_from(self.limit).unwrap_or(u32::MAX);
+        loop {
+            let wait = match self.store.admit_call(limit, WINDOW + MARGIN).await {
+                Ok(Ok(call)) => return call,
+                Ok(Err(wait)) => wait,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the shared HubSpot window");
+                    STORE_RETRY
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn acquire_here(&self) -> Permit<'_> {
         loop {
             let answered = self.answered.notified();
             let wait_until = {
@@ -92,7 +137,11 @@ impl RateLimiter {
                         let id = self.next_id.get();
                         self.next_id.set(id + 1);
                         window.calls.push_back((id, None));
-                        return Permit { limiter: self, id };
+                        return Permit {
+                            limiter: self,
+                            id,
+                            shared: 0,
+                        };
                     }
                     (Some(until), false) => Some(until),
                     (held, true) => frees_at.max(held),
@@ -113,17 +162,25 @@ impl RateLimiter {
     /// HubSpot said how many calls its window has left: spread those evenly
     /// over its interval once they are fewer than ours.
     pub fn observe_remaining(&self, remaining: u32, interval: Duration) {
-        let mut window = self.state.borrow_mut();
+        let window = self.state.borrow_mut();
         let ours = self.limit.saturating_sub(window.calls.len());
         if (remaining as usize) < ours {
             let spacing = interval / (remaining + 1);
-            window.hold(Instant::now() + spacing);
+            drop(window);
+            self.hold_for(spacing);
         }
     }
 
-    /// HubSpot answered 429: nobody calls before `pause` has passed.
+    /// HubSpot answered 429: nobody calls before `pause` has passed — in this
+    /// process at once, in the other replicas from their next call.
     pub fn hold_for(&self, pause: Duration) {
         self.state.borrow_mut().hold(Instant::now() + pause);
+        let store = Arc::clone(&self.store);
+        actix_web::rt::spawn(async move {
+            if let Err(err) = store.hold_calls(pause).await {
+                tracing::warn!(error = %err, "cannot share HubSpot's pause with the other replicas");
+            }
+        });
     }
 }
 
@@ -136,6 +193,15 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A limiter of one process (SQLite leaves the window to it), and the
+    /// folder of its store.
+    fn limiter(limit: u32) -> (RateLimiter, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let store = crate::store::SqliteStore::open(path.to_str().unwrap()).unwrap();
+        (RateLimiter::new(limit, Arc::new(store)), dir)
+    }
 
     /// Calls that take `latency` each; returns when each was admitted and answered.
     async fn calls(
@@ -157,7 +223,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_window_ever_holds_more_than_the_limit() {
-        let limiter = RateLimiter::new(5);
+        let (limiter, _dir) = limiter(5);
         let times = calls(&limiter, 12, Duration::ZERO).await;
         assert!(
             times[..5]
@@ -175,7 +241,7 @@ mod tests {
     async fn a_place_frees_only_a_window_after_the_answer_so_latency_cannot_squeeze_calls() {
         // Each call takes 2 s: HubSpot may see the first arrive as late as its
         // answer, so the next call past the limit waits for that answer + 10 s.
-        let limiter = RateLimiter::new(3);
+        let (limiter, _dir) = limiter(3);
         let latency = Duration::from_secs(2);
         let times = calls(&limiter, 4, latency).await;
         let first_answered = times[0].1;
@@ -188,7 +254,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn calls_in_flight_keep_their_place_until_they_answer() {
-        let limiter = RateLimiter::new(1);
+        let (limiter, _dir) = limiter(1);
         let hanging = limiter.acquire().await;
         let waiter = async {
             let start = Instant::now();
@@ -205,7 +271,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn hubspot_running_low_spaces_the_calls_out() {
-        let limiter = RateLimiter::new(100);
+        let (limiter, _dir) = limiter(100);
         drop(limiter.acquire().await);
         limiter.observe_remaining(1, WINDOW);
         let start = Instant::now();

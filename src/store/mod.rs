@@ -383,6 +383,43 @@ pub trait Store: Send + Sync {
 
     /// Finishes writes in flight and stops taking new ones.
     async fn close(&self);
+
+    // What replicas sharing the store must agree on. A store of one process
+    // leaves it to the process (its limiter and its refresh lock suffice).
+
+    /// Admits one HubSpot call for the whole deployment: `Ok(call)` to pass
+    /// to [`Store::call_answered`], or `Err(wait)` when the deployment's
+    /// window (`limit` calls, each counted until `window` after its answer)
+    /// is full or HubSpot asked every replica to pause.
+    async fn admit_call(
+        &self,
+        _limit: u32,
+        _window: Duration,
+    ) -> Result<Result<i64, Duration>, StoreError> {
+        Ok(Ok(0))
+    }
+
+    /// The call HubSpot answered: its place in the window starts to age.
+    async fn call_answered(&self, _call: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// HubSpot asked to slow down: no replica calls for `pause`.
+    async fn hold_calls(&self, _pause: Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Holds the deployment-wide lock of the credential `key` until the
+    /// returned guard is dropped: one replica refreshes while the others
+    /// wait, then re-read what it stored.
+    async fn lock_credential(&self, _key: &str) -> Result<CredentialLock, StoreError> {
+        Ok(CredentialLock { _held: None })
+    }
+}
+
+/// Held while a replica refreshes the credential (see [`Store::lock_credential`]).
+pub struct CredentialLock {
+    pub(crate) _held: Option<Box<dyn Send>>,
 }
 
 /// Opens the store named by `RELAY_DATABASE_URL`.

@@ -163,6 +163,15 @@ impl OAuth {
     /// fails, a token that has not expired yet is still handed out.
     async fn fresh_or_refresh(&self, refused: Option<&Secret>) -> Result<Secret, CredentialError> {
         let _turn = self.refreshing.lock().await;
+        // One refresh for the deployment: another replica's may have just
+        // landed in the store, which is read again under the lock.
+        let _deployment_turn = match self.store.lock_credential(&self.store_key()).await {
+            Ok(lock) => Some(lock),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot take the shared credential lock");
+                None
+            }
+        };
         self.adopt_stored().await;
         if let Some(token) = self.fresh(refused) {
             return Ok(token);

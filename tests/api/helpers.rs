@@ -59,13 +59,22 @@ pub struct StoreDir {
 
 impl StoreDir {
     pub fn new() -> Arc<Self> {
-        let postgres = std::env::var("RELAY_TEST_STORE").as_deref() == Ok("postgres");
+        if std::env::var("RELAY_TEST_STORE").as_deref() == Ok("postgres") {
+            return Self::on_postgres().expect("PostgreSQL for RELAY_TEST_STORE=postgres");
+        }
         Arc::new(Self {
             dir: tempfile::tempdir().expect("temp dir"),
-            database: postgres.then(|| {
-                crate::pg::TestDatabase::create().expect("PostgreSQL for RELAY_TEST_STORE=postgres")
-            }),
+            database: None,
         })
+    }
+
+    /// On a PostgreSQL database whatever `RELAY_TEST_STORE` says (replicas
+    /// share one); `None` when no server answers.
+    pub fn on_postgres() -> Option<Arc<Self>> {
+        Some(Arc::new(Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            database: Some(crate::pg::TestDatabase::create()?),
+        }))
     }
 
     pub fn path(&self) -> &Path {

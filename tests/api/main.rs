@@ -14,5 +14,6 @@ mod oauth;
 mod operations;
 mod pg;
 mod prism;
+mod replicas;
 mod store;
 mod zoom;

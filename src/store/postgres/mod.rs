@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Row, error::SqlState};
 
 use super::{
-    ClaimRequest, Claimed, ClaimedBatch, DeferredDelivery, FetchOutcome, IngestOutcome, QueueStats,
-    RecordStatus, Settlement, Store, StoreError, StoredCredential, StoredRecord, duration_ms,
-    lease_token, plan::ClaimPlan,
+    ClaimRequest, Claimed, ClaimedBatch, CredentialLock, DeferredDelivery, FetchOutcome,
+    IngestOutcome, QueueStats, RecordStatus, Settlement, Store, StoreError, StoredCredential,
+    StoredRecord, duration_ms, lease_token, plan::ClaimPlan,
 };
 use crate::{
     record::{Delivery, EventInfo, NewRecord, State, format_utc},
@@ -42,6 +42,8 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(4);
 /// Most ingests one transaction takes.
 const MAX_GROUP: usize = 256;
 const QUEUE_DEPTH: usize = 4096;
+/// A call with no answer after this long is taken as lost (its replica died).
+const LOST_CALL: Duration = Duration::from_secs(60);
 
 /// PostgreSQL's errors in the store's kinds: a lost connection, a lock or a
 /// server going away may pass; the rest is broken.
@@ -185,6 +187,31 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A session advisory lock; released (on the store's runtime) when dropped.
+struct AdvisoryLock {
+    client: Option<deadpool_postgres::Object>,
+    key: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let key = std::mem::take(&mut self.key);
+            self.runtime.spawn(async move {
+                if let Err(err) = client
+                    .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key])
+                    .await
+                {
+                    // The connection goes, and the lock with it.
+                    tracing::warn!(error = %err, "cannot release the credential lock");
+                    drop(deadpool_postgres::Object::take(client));
+                }
+            });
+        }
+    }
 }
 
 /// The database's clock, in epoch milliseconds.
@@ -848,6 +875,90 @@ impl Store for PostgresStore {
             Ok(records + deliveries)
         })
         .await
+    }
+
+    async fn admit_call(
+        &self,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Result<i64, Duration>, StoreError> {
+        let (limit, window) = (
+            i32::try_from(limit).unwrap_or(i32::MAX),
+            duration_ms(window),
+        );
+        self.with(move |client| async move {
+            let answer: i64 = client
+                .query_one(
+                    "SELECT relay_admit_call($1, $2, $3)",
+                    &[&limit, &window, &(window + duration_ms(LOST_CALL))],
+                )
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            Ok(if answer > 0 {
+                Ok(answer)
+            } else {
+                Err(Duration::from_millis(answer.unsigned_abs()))
+            })
+        })
+        .await
+    }
+
+    async fn call_answered(&self, call: i64) -> Result<(), StoreError> {
+        self.with(move |client| async move {
+            client
+                .execute(
+                    "UPDATE hubspot_calls
+                     SET answered_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                     WHERE id = $1",
+                    &[&call],
+                )
+                .await
+                .map(drop)
+                .map_err(pg_error)
+        })
+        .await
+    }
+
+    async fn hold_calls(&self, pause: Duration) -> Result<(), StoreError> {
+        let pause = duration_ms(pause);
+        self.with(move |client| async move {
+            client
+                .execute(
+                    "INSERT INTO hubspot_pause (id, not_before_ms)
+                     VALUES (1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $1)
+                     ON CONFLICT (id) DO UPDATE
+                     SET not_before_ms = GREATEST(hubspot_pause.not_before_ms, EXCLUDED.not_before_ms)",
+                    &[&pause],
+                )
+                .await
+                .map(drop)
+                .map_err(pg_error)
+        })
+        .await
+    }
+
+    async fn lock_credential(&self, key: &str) -> Result<CredentialLock, StoreError> {
+        let key = key.to_owned();
+        let runtime = self.runtime.get().handle().clone();
+        let pool = self.pool.clone();
+        // Waiting for another replica's refresh may take its token endpoint's time.
+        let task = self.runtime.get().spawn(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
+                .await
+                .map_err(pg_error)?;
+            Ok::<_, StoreError>(AdvisoryLock {
+                client: Some(client),
+                key,
+                runtime,
+            })
+        });
+        let held = task.await.map_err(|_| StoreError::Closed)??;
+        Ok(CredentialLock {
+            _held: Some(Box::new(held)),
+        })
     }
 
     async fn close(&self) {

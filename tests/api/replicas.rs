@@ -1,0 +1,119 @@
+//! Several gateways on one PostgreSQL store: one queue, one rate limit, one
+//! credential refresh for the deployment.
+
+use std::{sync::Arc, time::Duration};
+
+use attendance_relay::{
+    demo::simulator::{OAuthOptions, Options, Simulator},
+    hubspot::Operation,
+};
+
+use crate::helpers::{StoreDir, spawn_forwarding_app_in, wait_until, zoom_join};
+
+#[actix_web::test]
+async fn replicas_share_one_queue_and_one_rate_limit() {
+    let Some(dir) = StoreDir::on_postgres() else {
+        return;
+    };
+    let hubspot = Simulator::start(Options {
+        rate_limit_per_10s: Some(6),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let settings = [
+        ("HUBSPOT_RATE_LIMIT_PER_10S", "6"),
+        ("HUBSPOT_BATCH_SIZE", "10"),
+        ("RELAY_BATCH_LINGER_MS", "0"),
+    ];
+    let replicas = [
+        spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &settings).await,
+        spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &settings).await,
+        spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &settings).await,
+    ];
+    // 60 joins of 6 webinars, spread over the replicas as an ingress would.
+    for i in 0..60 {
+        let email = format!("p{i}@example.com");
+        hubspot.add_contact(&email);
+        let body = zoom_join(&format!("{}", 700 + i % 6), &email, "2026-01-01T10:00:00Z");
+        let (status, answer) = replicas[i % 3].post_zoom(&body).await;
+        assert_eq!(status.as_u16(), 200, "{answer}");
+    }
+    wait_until("every join is delivered", 60, async || {
+        hubspot.attendance().len() >= 60
+    })
+    .await;
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        hubspot.attendance().len(),
+        60,
+        "each record reached HubSpot once"
+    );
+    assert_eq!(hubspot.rate_limited(), 0, "no call beyond HubSpot's limit");
+    let calls = hubspot.calls();
+    for (i, call) in calls.iter().enumerate() {
+        let in_window = calls[i..]
+            .iter()
+            .filter(|c| c.at < call.at + Duration::from_secs(10))
+            .count();
+        assert!(
+            in_window <= 6,
+            "{in_window} calls of the deployment within 10 s"
+        );
+    }
+    assert!(calls.len() > 6, "the load needed more than one window");
+}
+
+#[actix_web::test]
+async fn replicas_starting_together_refresh_the_credential_once() {
+    let Some(dir) = StoreDir::on_postgres() else {
+        return;
+    };
+    let hubspot = Simulator::start(Options {
+        oauth: Some(OAuthOptions {
+            client_id: "client".into(),
+            client_secret: "secret".into(),
+            refresh_token: "refresh".into(),
+            expires_in_secs: 1800,
+        }),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let oauth = [
+        ("HUBSPOT_ACCESS_TOKEN", ""),
+        ("HUBSPOT_CLIENT_ID", "client"),
+        ("HUBSPOT_CLIENT_SECRET", "secret"),
+        ("HUBSPOT_REFRESH_TOKEN", "refresh"),
+        ("RELAY_BATCH_LINGER_MS", "0"),
+    ];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &oauth).await);
+    }
+    // Each replica takes a join of its own webinar, so each needs a token at once.
+    let posts = replicas.iter().enumerate().map(|(i, replica)| {
+        let email = format!("r{i}@example.com");
+        hubspot.add_contact(&email);
+        async move {
+            let body = zoom_join(&format!("{}", 800 + i), &email, "2026-01-01T10:00:00Z");
+            replica.post_zoom(&body).await
+        }
+    });
+    futures_util::future::join_all(posts).await;
+    wait_until("every join is delivered", 30, async || {
+        hubspot.attendance().len() >= 3
+    })
+    .await;
+    assert_eq!(
+        hubspot.token_requests().len(),
+        1,
+        "one refresh for the deployment, reused by every replica"
+    );
+    let creates = hubspot
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == Operation::AttendanceCreate)
+        .count();
+    assert_eq!(creates, 3);
+}
