@@ -81,6 +81,11 @@ impl StoreDir {
         self.dir.path()
     }
 
+    /// The PostgreSQL database's name, if the store is one.
+    pub fn database_name(&self) -> Option<&str> {
+        self.database.as_ref().map(|database| database.name.as_str())
+    }
+
     fn database_url(&self) -> String {
         match &self.database {
             Some(database) => database.url.clone(),

@@ -30,7 +30,7 @@ fn on_server(sql: String) -> Result<(), String> {
 }
 
 pub struct TestDatabase {
-    name: String,
+    pub name: String,
     pub url: String,
 }
 

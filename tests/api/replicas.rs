@@ -117,3 +117,49 @@ async fn replicas_starting_together_refresh_the_credential_once() {
         .count();
     assert_eq!(creates, 3);
 }
+
+/// Runs `sql` against the PostgreSQL server as its superuser.
+async fn on_server(sql: &str) {
+    let url = std::env::var("RELAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let status = std::process::Command::new("psql")
+        .args([url.as_str(), "-qAtc", sql])
+        .status()
+        .expect("psql runs");
+    assert!(status.success(), "{sql}");
+}
+
+#[actix_web::test]
+async fn a_database_that_goes_away_means_503_and_the_gateway_recovers_by_itself() {
+    let Some(dir) = StoreDir::on_postgres() else {
+        return;
+    };
+    let app = crate::helpers::spawn_app_in(Arc::clone(&dir), &[]).await;
+    let join = |n: usize| zoom_join("900", &format!("p{n}@example.com"), "2026-01-01T10:00:00Z");
+    assert_eq!(app.post_zoom(&join(0)).await.0.as_u16(), 200);
+    let database = dir.database_name().expect("on PostgreSQL").to_owned();
+
+    // The database refuses connections and drops the ones it had.
+    on_server(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS false")).await;
+    on_server(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let (status, answer) = app.post_zoom(&join(1)).await;
+    assert_eq!(status.as_u16(), 503, "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(10), "answered within seconds");
+    let (ready, _) = app.get(&format!("{}/readyz", app.public)).await;
+    assert_eq!(ready.as_u16(), 503, "not ready while the database is away");
+    let (live, _) = app.get(&format!("{}/healthz", app.public)).await;
+    assert_eq!(live.as_u16(), 200, "but alive: a restart would not help");
+
+    on_server(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true")).await;
+    wait_until("ingest works again", 20, async || {
+        app.post_zoom(&join(2)).await.0.as_u16() == 200
+    })
+    .await;
+    let emails: Vec<String> = app.records().await.into_iter().map(|r| r.record.email).collect();
+    assert!(emails.contains(&"p0@example.com".to_owned()), "nothing acknowledged is lost");
+    assert!(!emails.contains(&"p1@example.com".to_owned()), "what got 503 was not stored");
+}
