@@ -265,7 +265,9 @@ impl HubSpotClient {
             };
             let status = response.status().as_u16();
             self.observe(label, &status.to_string(), started);
-            self.follow_rate_headers(response.headers());
+            if let Some((remaining, interval)) = rate_headers(response.headers()) {
+                self.limiter.observe_remaining(remaining, interval).await;
+            }
             let answer = match response.body().limit(MAX_ANSWER_BYTES).await {
                 Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
                 Err(err) if (200..300).contains(&status) => {
@@ -298,7 +300,8 @@ impl HubSpotClient {
                     let retry_after = retry_after(response.headers());
                     if status == 429 {
                         self.limiter
-                            .hold_for(retry_after.unwrap_or(RATE_LIMITED_PAUSE));
+                            .hold_for(retry_after.unwrap_or(RATE_LIMITED_PAUSE))
+                            .await;
                     }
                     return Err(CallError::Transient {
                         reason: format!("{label}: HubSpot answered {status}: {}", message(&answer)),
@@ -327,20 +330,20 @@ impl HubSpotClient {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    fn follow_rate_headers(&self, headers: &HeaderMap) {
-        let number = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        if let Some(remaining) = number("x-hubspot-ratelimit-remaining") {
-            let interval = number("x-hubspot-ratelimit-interval-milliseconds")
-                .map_or(super::rate_limit::WINDOW, Duration::from_millis);
-            self.limiter
-                .observe_remaining(u32::try_from(remaining).unwrap_or(u32::MAX), interval);
-        }
-    }
+}
+
+/// HubSpot's `X-HubSpot-RateLimit-Remaining` and the interval it counts over.
+fn rate_headers(headers: &HeaderMap) -> Option<(u32, Duration)> {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let remaining = number("x-hubspot-ratelimit-remaining")?;
+    let interval = number("x-hubspot-ratelimit-interval-milliseconds")
+        .map_or(super::rate_limit::WINDOW, Duration::from_millis);
+    Some((u32::try_from(remaining).unwrap_or(u32::MAX), interval))
 }
 
 /// A 403 is about the credential when HubSpot says scopes are missing or the

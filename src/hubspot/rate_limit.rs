@@ -161,26 +161,20 @@ impl RateLimiter {
 
     /// HubSpot said how many calls its window has left: spread those evenly
     /// over its interval once they are fewer than ours.
-    pub fn observe_remaining(&self, remaining: u32, interval: Duration) {
-        let window = self.state.borrow_mut();
-        let ours = self.limit.saturating_sub(window.calls.len());
+    pub async fn observe_remaining(&self, remaining: u32, interval: Duration) {
+        let ours = self.limit.saturating_sub(self.state.borrow().calls.len());
         if (remaining as usize) < ours {
-            let spacing = interval / (remaining + 1);
-            drop(window);
-            self.hold_for(spacing);
+            self.hold_for(interval / (remaining + 1)).await;
         }
     }
 
     /// HubSpot answered 429: nobody calls before `pause` has passed — in this
     /// process at once, in the other replicas from their next call.
-    pub fn hold_for(&self, pause: Duration) {
+    pub async fn hold_for(&self, pause: Duration) {
         self.state.borrow_mut().hold(Instant::now() + pause);
-        let store = Arc::clone(&self.store);
-        actix_web::rt::spawn(async move {
-            if let Err(err) = store.hold_calls(pause).await {
-                tracing::warn!(error = %err, "cannot share HubSpot's pause with the other replicas");
-            }
-        });
+        if let Err(err) = self.store.hold_calls(pause).await {
+            tracing::warn!(error = %err, "cannot share HubSpot's pause with the other replicas");
+        }
     }
 }
 
@@ -273,11 +267,11 @@ mod tests {
     async fn hubspot_running_low_spaces_the_calls_out() {
         let (limiter, _dir) = limiter(100);
         drop(limiter.acquire().await);
-        limiter.observe_remaining(1, WINDOW);
+        limiter.observe_remaining(1, WINDOW).await;
         let start = Instant::now();
         drop(limiter.acquire().await);
         assert!(start.elapsed() >= WINDOW / 2);
-        limiter.hold_for(Duration::from_secs(3));
+        limiter.hold_for(Duration::from_secs(3)).await;
         let start = Instant::now();
         drop(limiter.acquire().await);
         assert!(start.elapsed() >= Duration::from_secs(3));
