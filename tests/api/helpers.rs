@@ -86,7 +86,7 @@ impl StoreDir {
         self.database.as_ref().map(|database| database.name.as_str())
     }
 
-    fn database_url(&self) -> String {
+    pub fn database_url(&self) -> String {
         match &self.database {
             Some(database) => database.url.clone(),
             None => format!("sqlite://{}", self.path().join("relay.db").display()),

@@ -21,10 +21,12 @@ async fn replicas_share_one_queue_and_one_rate_limit() {
     })
     .await
     .unwrap();
+    // Ten joins per webinar and a long linger: only full batches go, so the
+    // count of calls does not depend on how fast the joins arrive.
     let settings = [
         ("HUBSPOT_RATE_LIMIT_PER_10S", "6"),
         ("HUBSPOT_BATCH_SIZE", "10"),
-        ("RELAY_BATCH_LINGER_MS", "0"),
+        ("RELAY_BATCH_LINGER_MS", "60000"),
     ];
     let replicas = [
         spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &settings).await,
@@ -162,4 +164,90 @@ async fn a_database_that_goes_away_means_503_and_the_gateway_recovers_by_itself(
     let emails: Vec<String> = app.records().await.into_iter().map(|r| r.record.email).collect();
     assert!(emails.contains(&"p0@example.com".to_owned()), "nothing acknowledged is lost");
     assert!(!emails.contains(&"p1@example.com".to_owned()), "what got 503 was not stored");
+}
+
+/// Three real gateway processes on one PostgreSQL, load through all of them,
+/// one killed mid-way.
+#[actix_web::test]
+async fn three_processes_lose_nothing_when_one_is_killed_and_stay_within_the_limit() {
+    use attendance_relay::demo::simulator::Call;
+
+    use crate::helpers::{Gateway, HUBSPOT_TOKEN};
+
+    let Some(dir) = StoreDir::on_postgres() else {
+        return;
+    };
+    let hubspot = Simulator::start(Options {
+        rate_limit_per_10s: Some(20),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let env = [
+        ("RELAY_DATABASE_URL", dir.database_url()),
+        ("HUBSPOT_BASE_URL", hubspot.url()),
+        ("HUBSPOT_ACCESS_TOKEN", HUBSPOT_TOKEN.to_owned()),
+        ("HUBSPOT_RATE_LIMIT_PER_10S", "20".to_owned()),
+        ("HUBSPOT_BATCH_SIZE", "25".to_owned()),
+        ("RELAY_BATCH_LINGER_MS", "60000".to_owned()),
+    ];
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        gateways.push(Gateway::start_with(dir.path(), &env, None).await);
+    }
+    let mut acknowledged = Vec::new();
+    let mut killed_at = None;
+    for n in 0..300 {
+        hubspot.add_contact(&format!("p{n}@example.com"));
+        if n == 150 {
+            gateways[0].child.kill().unwrap();
+            gateways[0].child.wait().unwrap();
+            killed_at = Some(std::time::Instant::now());
+        }
+        let gateway = &gateways[if killed_at.is_some() { 1 + n % 2 } else { n % 3 }];
+        if gateway.post_join(n).await == Some(actix_web::http::StatusCode::OK) {
+            acknowledged.push(hubspot.contact_id(&format!("p{n}@example.com")).unwrap());
+        }
+    }
+    assert_eq!(acknowledged.len(), 300);
+    wait_until("every acknowledged join is delivered", 90, async || {
+        let delivered: std::collections::HashSet<i64> =
+            hubspot.attendance().iter().map(|a| a.vid).collect();
+        acknowledged.iter().all(|vid| delivered.contains(vid))
+    })
+    .await;
+
+    // A record reaches HubSpot twice only when the killed process was sending it.
+    let killed_at = killed_at.unwrap();
+    let creates: Vec<Call> = hubspot
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == Operation::AttendanceCreate && c.status == 200)
+        .collect();
+    let mut seen = std::collections::HashMap::new();
+    for call in &creates {
+        for input in call.body["inputs"].as_array().unwrap() {
+            seen.entry(input["vid"].as_i64().unwrap()).or_insert_with(Vec::new).push(call.at);
+        }
+    }
+    for (vid, times) in &seen {
+        assert!(
+            times.len() == 1 || times[0] <= killed_at,
+            "contact {vid} was sent {} times, not by the killed process",
+            times.len()
+        );
+    }
+    assert_eq!(hubspot.rate_limited(), 0, "no call beyond HubSpot's limit");
+    let calls = hubspot.calls();
+    for (i, call) in calls.iter().enumerate() {
+        let in_window = calls[i..]
+            .iter()
+            .filter(|c| c.at < call.at + Duration::from_secs(10))
+            .count();
+        assert!(in_window <= 20, "{in_window} calls of the deployment within 10 s");
+    }
+    for mut gateway in gateways.into_iter().skip(1) {
+        gateway.child.kill().unwrap();
+        gateway.child.wait().unwrap();
+    }
 }
