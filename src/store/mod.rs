@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use crate::{
-    record::{Delivery, GroupKey, NewRecord},
+    record::{Delivery, GroupKey, NewRecord, State},
     settings::Secret,
 };
 pub use sqlite::SqliteStore;
@@ -294,6 +294,100 @@ pub trait Store: Send + Sync {
 
     /// Finishes writes in flight and stops taking new ones.
     async fn close(&self);
+
+    // ---- operations for the admin API and CLI ----
+
+    /// Records matching `filter` (its `reason` aside) with ids above `after`,
+    /// in id order: a cursor that new records never disturb.
+    async fn list_records(
+        &self,
+        filter: &RecordFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Deferred deliveries still owed (to be fetched: pending; failed: dead)
+    /// of `filter`'s status and source, with ids above `after`, in id order.
+    async fn list_owed_deliveries(
+        &self,
+        filter: &RecordFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OwedDelivery>, StoreError>;
+
+    /// Makes the dead record `id` pending again, due now, its attempts
+    /// counted from zero. `None`: no such record; `Some(false)`: not dead, so
+    /// nothing changed (a second, concurrent retry of the same record).
+    async fn retry_record(&self, id: i64) -> Result<Option<bool>, StoreError>;
+
+    /// The same for a failed deferred delivery: to be fetched again.
+    async fn retry_delivery(&self, id: i64) -> Result<Option<bool>, StoreError>;
+
+    /// Retries, in one commit, every dead record and failed delivery that
+    /// `filter` matches (its status aside; deliveries have no event, so an
+    /// event filter leaves them out).
+    async fn retry_dead(&self, filter: &RecordFilter) -> Result<RetryCounts, StoreError>;
+
+    /// Records per (account, event, state, status) matching `filter`'s event
+    /// and source.
+    async fn event_tallies(&self, filter: &RecordFilter) -> Result<Vec<EventTally>, StoreError>;
+
+    /// Records and owed deliveries per (source, status).
+    async fn source_tallies(&self) -> Result<Vec<SourceTally>, StoreError>;
+}
+
+// ---- types of the operations for the admin API and CLI ----
+
+/// Which records an operation is about; `None` matches all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordFilter {
+    pub status: Option<RecordStatus>,
+    /// externalEventId.
+    pub event: Option<String>,
+    pub source: Option<String>,
+    /// Part of the last error (a dead letter's reason).
+    pub reason: Option<String>,
+}
+
+/// A deferred delivery whose records the gateway still owes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwedDelivery {
+    pub id: i64,
+    pub source: String,
+    /// Pending (to be fetched) or dead (failed).
+    pub status: RecordStatus,
+    pub attempts: i64,
+    pub received_ms: i64,
+    pub next_attempt_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// What a bulk retry made pending again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryCounts {
+    pub records: u64,
+    pub deliveries: u64,
+}
+
+/// How many records of one (account, event, state) have one status, and
+/// when the first and last of them arrived (epoch ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventTally {
+    pub external_account_id: String,
+    pub external_event_id: String,
+    pub state: State,
+    pub status: RecordStatus,
+    pub count: i64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+}
+
+/// Records (and owed deliveries) of one source in one status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceTally {
+    pub source: String,
+    pub status: RecordStatus,
+    pub count: i64,
 }
 
 /// Opens the store named by `RELAY_DATABASE_URL`.

@@ -1,0 +1,278 @@
+//! The statements behind the admin API and the operator subcommands: listing,
+//! retrying dead letters, tallies. Plain SQL, so the PostgreSQL store can
+//! carry it over (`?N IS NULL OR …` for an optional filter).
+
+use rusqlite::{Connection, params};
+
+use super::{
+    queries::{RECORD_COLUMNS, row_to_record},
+    sql_error,
+};
+use crate::{
+    record::State,
+    store::{
+        EventTally, OwedDelivery, RecordFilter, RecordStatus, RetryCounts, SourceTally, StoreError,
+        StoredRecord,
+    },
+};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The stored statuses of records a status stands for, as an SQL list: a
+/// leased record is pending to everyone but the queue.
+pub fn record_statuses(status: Option<RecordStatus>) -> &'static str {
+    match status {
+        None => "'pending', 'leased', 'unmappable', 'delivered', 'dead'",
+        Some(RecordStatus::Pending) => "'pending', 'leased'",
+        Some(RecordStatus::Unmappable) => "'unmappable'",
+        Some(RecordStatus::Delivered) => "'delivered'",
+        Some(RecordStatus::Dead) => "'dead'",
+    }
+}
+
+/// The same for deferred deliveries still owed; `None`: no delivery has it.
+fn delivery_statuses(status: Option<RecordStatus>) -> Option<&'static str> {
+    match status {
+        None => Some("'fetch', 'fetching', 'failed'"),
+        Some(RecordStatus::Pending) => Some("'fetch', 'fetching'"),
+        Some(RecordStatus::Dead) => Some("'failed'"),
+        Some(RecordStatus::Unmappable | RecordStatus::Delivered) => None,
+    }
+}
+
+/// A stored status of a record or delivery as operators see it: a delivery
+/// still to be fetched is pending, one that failed is a dead letter.
+pub fn folded(stored: &str) -> Option<RecordStatus> {
+    match stored {
+        "leased" | "fetch" | "fetching" => Some(RecordStatus::Pending),
+        "failed" => Some(RecordStatus::Dead),
+        other => RecordStatus::parse(other),
+    }
+}
+
+/// `%part%` for `LOWER(column) LIKE ? ESCAPE '\'`: the operator's text matched
+/// literally and case-insensitively.
+fn contains_pattern(part: Option<&str>) -> Option<String> {
+    part.map(|part| {
+        let escaped = part
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    })
+}
+
+pub fn list_records(
+    conn: &Connection,
+    filter: &RecordFilter,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredRecord>> {
+    conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLUMNS} FROM records
+         WHERE status IN ({}) AND id > ?1
+           AND (?2 IS NULL OR external_event_id = ?2) AND (?3 IS NULL OR source = ?3)
+         ORDER BY id LIMIT ?4",
+        record_statuses(filter.status)
+    ))
+    .and_then(|mut select| {
+        select
+            .query_map(
+                params![after, filter.event, filter.source, limit],
+                row_to_record,
+            )?
+            .collect()
+    })
+    .map_err(sql_error)
+}
+
+pub fn list_owed_deliveries(
+    conn: &Connection,
+    filter: &RecordFilter,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<OwedDelivery>> {
+    let Some(statuses) = delivery_statuses(filter.status) else {
+        return Ok(Vec::new());
+    };
+    conn.prepare_cached(&format!(
+        "SELECT id, source, status, attempts, received_ms, next_attempt_ms, last_error
+         FROM deliveries
+         WHERE status IN ({statuses}) AND id > ?1 AND (?2 IS NULL OR source = ?2)
+         ORDER BY id LIMIT ?3"
+    ))
+    .and_then(|mut select| {
+        select
+            .query_map(params![after, filter.source, limit], |row| {
+                let status: String = row.get(2)?;
+                Ok(OwedDelivery {
+                    id: row.get(0)?,
+                    source: row.get(1)?,
+                    status: folded(&status).unwrap_or(RecordStatus::Pending),
+                    attempts: row.get(3)?,
+                    received_ms: row.get(4)?,
+                    next_attempt_ms: row.get(5)?,
+                    last_error: row.get(6)?,
+                })
+            })?
+            .collect()
+    })
+    .map_err(sql_error)
+}
+
+/// Whether a row `id` exists in `table` (one of ours, never the caller's text).
+fn exists(conn: &Connection, table: &str, id: i64) -> Result<bool> {
+    conn.prepare_cached(&format!(
+        "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = ?1)"
+    ))
+    .and_then(|mut select| select.query_row(params![id], |row| row.get(0)))
+    .map_err(sql_error)
+}
+
+/// Only a dead record changes: the `status = 'dead'` condition is what makes
+/// a second retry, concurrent or from another replica, a no-op.
+pub fn retry_record(conn: &Connection, id: i64, now: i64) -> Result<Option<bool>> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE records SET status = 'pending', next_attempt_ms = ?2, attempts = 0,
+                 updated_ms = ?2
+             WHERE id = ?1 AND status = 'dead'",
+        )
+        .and_then(|mut update| update.execute(params![id, now]))
+        .map_err(sql_error)?;
+    if changed > 0 {
+        return Ok(Some(true));
+    }
+    Ok(exists(conn, "records", id)?.then_some(false))
+}
+
+pub fn retry_delivery(conn: &Connection, id: i64, now: i64) -> Result<Option<bool>> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE deliveries SET status = 'fetch', next_attempt_ms = ?2, attempts = 0,
+                 updated_ms = ?2
+             WHERE id = ?1 AND status = 'failed'",
+        )
+        .and_then(|mut update| update.execute(params![id, now]))
+        .map_err(sql_error)?;
+    if changed > 0 {
+        return Ok(Some(true));
+    }
+    Ok(exists(conn, "deliveries", id)?.then_some(false))
+}
+
+pub fn retry_dead(conn: &Connection, filter: &RecordFilter, now: i64) -> Result<RetryCounts> {
+    let reason = contains_pattern(filter.reason.as_deref());
+    let records = conn
+        .prepare_cached(
+            "UPDATE records SET status = 'pending', next_attempt_ms = ?1, attempts = 0,
+                 updated_ms = ?1
+             WHERE status = 'dead' AND (?2 IS NULL OR external_event_id = ?2)
+               AND (?3 IS NULL OR source = ?3)
+               AND (?4 IS NULL OR LOWER(last_error) LIKE ?4 ESCAPE '\\')",
+        )
+        .and_then(|mut update| update.execute(params![now, filter.event, filter.source, reason]))
+        .map_err(sql_error)? as u64;
+    if filter.event.is_some() {
+        // A delivery's event is known only once it is fetched.
+        return Ok(RetryCounts {
+            records,
+            deliveries: 0,
+        });
+    }
+    let deliveries = conn
+        .prepare_cached(
+            "UPDATE deliveries SET status = 'fetch', next_attempt_ms = ?1, attempts = 0,
+                 updated_ms = ?1
+             WHERE status = 'failed' AND (?2 IS NULL OR source = ?2)
+               AND (?3 IS NULL OR LOWER(last_error) LIKE ?3 ESCAPE '\\')",
+        )
+        .and_then(|mut update| update.execute(params![now, filter.source, reason]))
+        .map_err(sql_error)? as u64;
+    Ok(RetryCounts {
+        records,
+        deliveries,
+    })
+}
+
+pub fn event_tallies(conn: &Connection, filter: &RecordFilter) -> Result<Vec<EventTally>> {
+    let rows: Vec<(String, String, String, String, i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT external_account_id, external_event_id, state, status, COUNT(*),
+                 MIN(created_ms), MAX(created_ms)
+             FROM records
+             WHERE (?1 IS NULL OR external_event_id = ?1) AND (?2 IS NULL OR source = ?2)
+             GROUP BY external_account_id, external_event_id, state, status
+             ORDER BY external_account_id, external_event_id, state, status",
+        )
+        .and_then(|mut select| {
+            select
+                .query_map(params![filter.event, filter.source], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                    ))
+                })?
+                .collect()
+        })
+        .map_err(sql_error)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(
+            |(account, event, state, status, count, first_ms, last_ms)| {
+                Some(EventTally {
+                    external_account_id: account,
+                    external_event_id: event,
+                    state: State::parse(&state)?,
+                    status: folded(&status)?,
+                    count,
+                    first_ms,
+                    last_ms,
+                })
+            },
+        )
+        .collect())
+}
+
+pub fn source_tallies(conn: &Connection) -> Result<Vec<SourceTally>> {
+    let grouped = |sql: &str| -> Result<Vec<(String, String, i64)>> {
+        conn.prepare_cached(sql)
+            .and_then(|mut select| {
+                select
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                    .collect()
+            })
+            .map_err(sql_error)
+    };
+    let mut tallies: Vec<SourceTally> = Vec::new();
+    let rows = grouped("SELECT source, status, COUNT(*) FROM records GROUP BY source, status")?
+        .into_iter()
+        .chain(grouped(
+            "SELECT source, status, COUNT(*) FROM deliveries WHERE status != 'done'
+             GROUP BY source, status",
+        )?);
+    for (source, stored, count) in rows {
+        let Some(status) = folded(&stored) else {
+            continue;
+        };
+        match tallies
+            .iter_mut()
+            .find(|t| t.source == source && t.status == status)
+        {
+            Some(tally) => tally.count += count,
+            None => tallies.push(SourceTally {
+                source,
+                status,
+                count,
+            }),
+        }
+    }
+    tallies.sort_by(|a, b| (&a.source, a.status.as_str()).cmp(&(&b.source, b.status.as_str())));
+    Ok(tallies)
+}
