@@ -1,11 +1,15 @@
 //! The webhook routes: one pipeline (read, authenticate, interpret, store,
 //! answer) shared by every source, timed and counted per source.
 
-use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_LENGTH, web};
+use actix_web::{
+    HttpRequest, HttpResponse,
+    http::{Method, header::CONTENT_LENGTH},
+    web,
+};
 use serde::Serialize;
 use tokio::sync::SemaphorePermit;
 
-use super::{AppState, Sources, error::ApiError};
+use super::{AppState, Listener, Sources, error::ApiError, listed};
 use crate::{
     record::{Delivery, now_ms},
     sources::{Inbound, Rejection, Source, eventbrite::Eventbrite, generic::Generic, zoom::Zoom},
@@ -40,19 +44,22 @@ impl Answer {
 
 /// Routes of the configured sources; an unconfigured source's route is absent (404).
 pub fn configure(cfg: &mut web::ServiceConfig, sources: Sources) {
+    let path = |path| listed(Listener::Public, &Method::POST, path);
     if let Some(zoom) = sources.zoom {
         cfg.app_data(zoom)
-            .route("/webhooks/zoom", web::post().to(receive::<Zoom>));
+            .route(path("/webhooks/zoom"), web::post().to(receive::<Zoom>));
     }
     if let Some(eventbrite) = sources.eventbrite {
         cfg.app_data(eventbrite).route(
-            "/webhooks/eventbrite/{token}",
+            path("/webhooks/eventbrite/{token}"),
             web::post().to(receive::<Eventbrite>),
         );
     }
     if let Some(generic) = sources.generic {
-        cfg.app_data(generic)
-            .route("/webhooks/generic", web::post().to(receive::<Generic>));
+        cfg.app_data(generic).route(
+            path("/webhooks/generic"),
+            web::post().to(receive::<Generic>),
+        );
     }
 }
 
