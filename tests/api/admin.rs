@@ -401,3 +401,89 @@ async fn the_per_event_view_matches_what_hubspot_received() {
     let only = app.admin("GET", "/admin/events?event=77").await;
     assert_eq!(only["events"].as_array().unwrap().len(), 1);
 }
+
+/// The real binary's operator subcommand on the store in `dir`.
+fn operator(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_attendance-relay"))
+        .args(args)
+        .env_clear()
+        .env(
+            "RELAY_DATABASE_URL",
+            format!("sqlite://{}", dir.join("relay.db").display()),
+        )
+        // The operator's shell has the gateway's settings.
+        .env("HUBSPOT_ACCESS_TOKEN", crate::helpers::HUBSPOT_TOKEN)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn operator_json(dir: &std::path::Path, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    serde_json::from_str(&operator(dir, &args)).expect("--json prints JSON")
+}
+
+#[actix_web::test]
+async fn dead_letters_retried_with_the_cli_while_the_gateway_is_stopped_reach_hubspot_once_after_restart()
+ {
+    let hubspot = Simulator::start(Options::default()).await.unwrap();
+    let settings = [("RELAY_CREATE_CONTACTS", "false")];
+    let app = spawn_forwarding_app(&hubspot, &settings).await;
+    for email in ["a@example.com", "b@example.com"] {
+        join(&app, "42", email).await;
+    }
+    wait_for(&app, RecordStatus::Dead, 2).await;
+    let dir = app.stop().await;
+
+    let listed = operator_json(dir.path(), &["records", "list", "--status", "dead"]);
+    let emails: Vec<&str> = listed["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["a@example.com", "b@example.com"]);
+    let table = operator(dir.path(), &["records", "list", "--status", "dead"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("a@example.com") && table.contains("RELAY_CREATE_CONTACTS=false"));
+    let status = operator_json(dir.path(), &["status"]);
+    assert_eq!(status["queue"]["dead"], 2, "{status}");
+    assert_eq!(status["forwarding"]["state"], "unknown");
+    assert_eq!(status["credential"]["mode"], "static");
+    let events = operator(dir.path(), &["events", "--event", "42"]);
+    assert!(
+        events.contains("attend") && events.contains("zoom-account-1"),
+        "{events}"
+    );
+
+    let vids: Vec<i64> = ["a@example.com", "b@example.com"]
+        .map(|email| hubspot.add_contact(email))
+        .into();
+    assert_eq!(
+        operator_json(dir.path(), &["records", "retry", "--dead", "--event", "42"]),
+        json!({"records": 2, "deliveries": 0})
+    );
+    // Run again: nothing is dead any more, nothing changes.
+    assert_eq!(
+        operator_json(dir.path(), &["records", "retry", "--dead"]),
+        json!({"records": 0, "deliveries": 0})
+    );
+    assert_eq!(
+        operator_json(dir.path(), &["records", "retry", "1"]),
+        json!([{"id": "1", "retried": false}])
+    );
+
+    let app = crate::helpers::spawn_forwarding_app_in(dir, &hubspot, &settings).await;
+    wait_for(&app, RecordStatus::Delivered, 2).await;
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let mut expected = vids;
+    expected.sort_unstable();
+    assert_eq!(created_vids(&hubspot), expected);
+}
