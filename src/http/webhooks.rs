@@ -85,8 +85,24 @@ async fn receive<S: Source>(
         .with_label_values(&[S::NAME, outcome])
         .inc();
     timer.observe_duration();
-    if let Err(err) = &result {
-        tracing::info!(source = S::NAME, outcome, reason = %err, "webhook refused");
+    // One line per delivery, under an id of its own to find it by; never its
+    // body or an email.
+    let delivery = format!("{:016x}", fastrand::u64(..));
+    match &result {
+        Ok(Answer::Counts(counts)) => tracing::info!(
+            source = S::NAME,
+            outcome,
+            %delivery,
+            accepted = counts.accepted,
+            duplicates = counts.duplicates,
+            "webhook stored"
+        ),
+        Ok(Answer::Reply(_)) => {
+            tracing::info!(source = S::NAME, outcome, %delivery, "webhook answered")
+        }
+        Err(err) => {
+            tracing::info!(source = S::NAME, outcome, %delivery, reason = %err, "webhook refused")
+        }
     }
     Ok(match result? {
         Answer::Reply(body) => HttpResponse::Ok().json(body),
