@@ -12,6 +12,7 @@ mod forwarding;
 mod generic;
 mod helpers;
 mod oauth;
+mod openapi;
 mod operations;
 mod prism;
 mod store;
