@@ -53,10 +53,10 @@ fn conforms(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
     if !typed {
         return Err(format!("{value} is not {types:?}"));
     }
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(value) {
-            return Err(format!("{value} is not one of {allowed:?}"));
-        }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        return Err(format!("{value} is not one of {allowed:?}"));
     }
     match value {
         Value::Object(fields) => {
