@@ -15,7 +15,7 @@ use std::{collections::HashMap, collections::HashSet, time::Duration};
 use attendance_relay::{
     app::Application,
     demo::simulator::{Call, Chaos, Options, Simulator},
-    hubspot::Operation,
+        hubspot::Operation,
     record::{Delivery, NewRecord, State, now_ms},
     settings::Settings,
     store::{SqliteStore, Store},
@@ -119,10 +119,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let count = |op: Operation| calls.iter().filter(|c| c.operation == op).count();
     let creates = count(Operation::AttendanceCreate);
     let inputs = |c: &&Call| c.body["inputs"].as_array().map_or(0, Vec::len);
-    let create_calls: Vec<_> = calls
-        .iter()
-        .filter(|c| c.operation == Operation::AttendanceCreate)
-        .collect();
+    let create_calls: Vec<_> = calls.iter().filter(|c| c.operation == Operation::AttendanceCreate).collect();
     let sent: usize = create_calls.iter().map(inputs).sum();
     let full: usize = create_calls.iter().map(inputs).filter(|n| *n == 100).sum();
     let lookups = count(Operation::ContactsRead) + count(Operation::ContactsUpsert);

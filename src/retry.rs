@@ -55,10 +55,7 @@ mod tests {
     #[test]
     fn retries_wait_for_retry_after_and_stop_at_the_maximum_age() {
         let hour = Duration::from_secs(3600);
-        assert_eq!(
-            delay(1, Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
-        );
+        assert_eq!(delay(1, Some(Duration::from_secs(30))), Duration::from_secs(30));
         let first = delay(1, None);
         assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
         assert_eq!(give_up(10_000, 0, hour, "503"), None);

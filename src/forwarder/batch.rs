@@ -46,7 +46,10 @@ impl Shared {
     }
 
     /// Every record's settlement, and the reason when forwarding must pause.
-    async fn send(&self, batch: ClaimedBatch) -> (Vec<(StoredRecord, Settlement)>, Option<String>) {
+    async fn send(
+        &self,
+        batch: ClaimedBatch,
+    ) -> (Vec<(StoredRecord, Settlement)>, Option<String>) {
         let ClaimedBatch { group, records, .. } = batch;
         let wanted: Vec<Wanted> = records
             .iter()
@@ -143,7 +146,8 @@ impl Shared {
                     None if clean || outcome.done.contains(&vid) => Settlement::Delivered,
                     None => {
                         let fate = Fate::Retry {
-                            reason: "HubSpot reported errors without saying for which input".into(),
+                            reason: "HubSpot reported errors without saying for which input"
+                                .into(),
                             retry_after: None,
                         };
                         self.settlement(&stored, fate, delay)

@@ -69,7 +69,9 @@ impl Contacts {
         for chunk in unknown.chunks(LOOKUP_BATCH) {
             let pieces = isolate(
                 chunk.to_vec(),
-                async |part: &[Wanted<'_>]| hubspot.read_contacts(&emails(part)).await,
+                async |part: &[Wanted<'_>]| {
+                    hubspot.read_contacts(&emails(part)).await
+                },
                 named_contacts,
             )
             .await;
@@ -120,16 +122,13 @@ impl Contacts {
                     Ok(created) => {
                         self.remember(&created);
                         for contact in items {
-                            let outcome =
-                                created
-                                    .get(contact.email)
-                                    .copied()
-                                    .ok_or_else(|| Fate::Retry {
-                                        reason:
-                                            "HubSpot's contact upsert did not return this contact"
-                                                .into(),
-                                        retry_after: None,
-                                    });
+                            let outcome = created.get(contact.email).copied().ok_or_else(|| {
+                                Fate::Retry {
+                                    reason: "HubSpot's contact upsert did not return this contact"
+                                        .into(),
+                                    retry_after: None,
+                                }
+                            });
                             resolved.insert(contact.email.to_owned(), outcome);
                         }
                     }

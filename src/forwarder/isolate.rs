@@ -64,9 +64,7 @@ pub async fn isolate<T, A>(
                         items: chunk,
                         answer,
                     }),
-                    Named::Inputs(indices)
-                        if !indices.is_empty() && indices.len() < chunk.len() =>
-                    {
+                    Named::Inputs(indices) if !indices.is_empty() && indices.len() < chunk.len() => {
                         let (refused, rest): (Vec<_>, Vec<_>) = chunk
                             .into_iter()
                             .enumerate()

@@ -112,10 +112,7 @@ async fn receive<S: Source>(
 
 /// Reserves room for the body in the in-flight budget before reading it, so
 /// a flood cannot hold more than `RELAY_MAX_INFLIGHT_BYTES` in memory.
-fn reserve<'a>(
-    request: &HttpRequest,
-    state: &'a AppState,
-) -> Result<SemaphorePermit<'a>, ApiError> {
+fn reserve<'a>(request: &HttpRequest, state: &'a AppState) -> Result<SemaphorePermit<'a>, ApiError> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)

@@ -446,13 +446,7 @@ pub fn named_inputs(error: &Value, keys: &[String]) -> Vec<usize> {
             .into_iter()
             .flat_map(|c| c.values())
         {
-            mentioned.extend(
-                values
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str),
-            );
+            mentioned.extend(values.as_array().into_iter().flatten().filter_map(Value::as_str));
         }
     }
     let mut named: Vec<usize> = keys

@@ -138,11 +138,7 @@ mod tests {
     use super::*;
 
     /// Calls that take `latency` each; returns when each was admitted and answered.
-    async fn calls(
-        limiter: &RateLimiter,
-        n: usize,
-        latency: Duration,
-    ) -> Vec<(Duration, Duration)> {
+    async fn calls(limiter: &RateLimiter, n: usize, latency: Duration) -> Vec<(Duration, Duration)> {
         let start = Instant::now();
         let mut times = Vec::new();
         for _ in 0..n {
@@ -159,11 +155,7 @@ mod tests {
     async fn no_window_ever_holds_more_than_the_limit() {
         let limiter = RateLimiter::new(5);
         let times = calls(&limiter, 12, Duration::ZERO).await;
-        assert!(
-            times[..5]
-                .iter()
-                .all(|(t, _)| *t < Duration::from_millis(1))
-        );
+        assert!(times[..5].iter().all(|(t, _)| *t < Duration::from_millis(1)));
         assert!(times[5].0 >= WINDOW && times[10].0 >= 2 * WINDOW);
         for (i, (t, _)) in times.iter().enumerate() {
             let in_window = times[i..].iter().filter(|(u, _)| *u < *t + WINDOW).count();

@@ -285,9 +285,7 @@ fn event_info(object: &Object) -> EventInfo {
         .as_deref()
         .and_then(parse_rfc3339_ms)
         .zip(object.duration)
-        .and_then(|(start_ms, minutes)| {
-            format_utc(start_ms.checked_add(minutes.checked_mul(60_000)?)?)
-        });
+        .and_then(|(start_ms, minutes)| format_utc(start_ms.checked_add(minutes.checked_mul(60_000)?)?));
     EventInfo {
         name: object.topic.clone(),
         start,
@@ -396,11 +394,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_ne!(key("uuid-1"), key("uuid-2"));
-        assert_eq!(
-            key("uuid-1"),
-            key("uuid-1"),
-            "the same guest again is a duplicate"
-        );
+        assert_eq!(key("uuid-1"), key("uuid-1"), "the same guest again is a duplicate");
     }
 
     #[test]

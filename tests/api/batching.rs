@@ -43,12 +43,7 @@ fn inputs(call: &Call) -> usize {
 /// Joins of `webinars` webinars, interleaved as concurrent webinars' joins arrive.
 fn interleaved(webinars: usize, per_webinar: usize) -> Vec<(String, String)> {
     (0..webinars * per_webinar)
-        .map(|i| {
-            (
-                format!("{}", 8_000 + i % webinars),
-                format!("p{i}@example.com"),
-            )
-        })
+        .map(|i| (format!("{}", 8_000 + i % webinars), format!("p{i}@example.com")))
         .collect()
 }
 
@@ -128,21 +123,14 @@ async fn under_random_5xx_hangs_and_429s_everything_arrives_once_in_full_batches
     .await;
 
     let attendance = hubspot.attendance();
-    assert_eq!(
-        attendance.len(),
-        joins.len(),
-        "each record reached HubSpot once"
-    );
+    assert_eq!(attendance.len(), joins.len(), "each record reached HubSpot once");
     let calls = creates(&hubspot);
     let total: usize = calls.iter().map(inputs).sum();
     let full: usize = calls.iter().map(inputs).filter(|n| *n == 100).sum();
     assert!(
         full as f64 >= 0.9 * total as f64,
         "{full} of {total} create inputs in full batches: {:?}",
-        calls
-            .iter()
-            .map(|c| (inputs(c), c.status))
-            .collect::<Vec<_>>()
+        calls.iter().map(|c| (inputs(c), c.status)).collect::<Vec<_>>()
     );
     assert_eq!(hubspot.rate_limited(), 0, "no call beyond HubSpot's limit");
     let failed = calls.iter().filter(|c| c.status != 200).count();

@@ -7,7 +7,7 @@
 
 use attendance_relay::{
     demo::simulator::{OAuthOptions, Options, Simulator},
-    hubspot::Operation,
+        hubspot::Operation,
     store::RecordStatus,
 };
 use serde_json::json;

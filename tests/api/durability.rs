@@ -43,8 +43,7 @@ async fn sigterm_finishes_requests_in_flight_and_exits_cleanly() {
     let body = crate::helpers::zoom_join("77", "late@example.com", "2026-01-01T10:00:00Z");
     let ts = now_secs();
     let signature = zoom_signature(ZOOM_SECRET, ts, &body);
-    let mut in_flight =
-        std::net::TcpStream::connect(gateway.public.trim_start_matches("http://")).unwrap();
+    let mut in_flight = std::net::TcpStream::connect(gateway.public.trim_start_matches("http://")).unwrap();
     write!(
         in_flight,
         "POST /webhooks/zoom HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
@@ -60,15 +59,10 @@ async fn sigterm_finishes_requests_in_flight_and_exits_cleanly() {
     let pid = gateway.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        gateway.child.try_wait().unwrap().is_none(),
-        "still finishing the request in flight"
-    );
+    assert!(gateway.child.try_wait().unwrap().is_none(), "still finishing the request in flight");
     in_flight.write_all(rest).unwrap();
     let mut answer = String::new();
-    in_flight
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    in_flight.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = in_flight.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(r#""accepted":1"#), "{answer}");
@@ -76,11 +70,7 @@ async fn sigterm_finishes_requests_in_flight_and_exits_cleanly() {
     assert!(status.success(), "exit status {status:?}");
 
     let mut restarted = Gateway::start(&db).await;
-    assert_eq!(
-        restarted.pending().await,
-        1.0,
-        "the acknowledged delivery is stored"
-    );
+    assert_eq!(restarted.pending().await, 1.0, "the acknowledged delivery is stored");
     restarted.child.kill().unwrap();
     restarted.child.wait().unwrap();
 }

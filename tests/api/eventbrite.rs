@@ -480,44 +480,22 @@ async fn a_delivery_that_cannot_become_records_stays_visible_and_good_attendees_
         order(vec![attendee("1", "a@example.com", "Attending"), broken]),
     );
     let app = eventbrite_app(&mock).await;
-    let queue =
-        |text: &str, status: &str| metric(text, "relay_queue_records", &[("status", status)]);
+    let queue = |text: &str, status: &str| metric(text, "relay_queue_records", &[("status", status)]);
     // Eventbrite no longer has this order: nothing to fetch, ever.
-    post(
-        &app,
-        PATH_TOKEN,
-        &webhook("order.placed", &format!("{}orders/404/", mock.url)),
-    )
-    .await;
+    post(&app, PATH_TOKEN, &webhook("order.placed", &format!("{}orders/404/", mock.url))).await;
     // This order has one attendee the mapping cannot use.
-    post(
-        &app,
-        PATH_TOKEN,
-        &webhook("order.placed", &format!("{}orders/900/", mock.url)),
-    )
-    .await;
+    post(&app, PATH_TOKEN, &webhook("order.placed", &format!("{}orders/900/", mock.url))).await;
     let stored = records(&app, 1).await;
     assert_eq!(stored.len(), 1);
-    assert_eq!(
-        stored[0].record.email, "a@example.com",
-        "the good attendee is not sunk"
-    );
+    assert_eq!(stored[0].record.email, "a@example.com", "the good attendee is not sunk");
     wait_until("both deliveries are settled", 15, async || {
         queue(&app.metrics().await, "dead") == Some(2.0)
     })
     .await;
     let text = app.metrics().await;
+    assert_eq!(queue(&text, "pending"), Some(1.0), "only the one record waits");
     assert_eq!(
-        queue(&text, "pending"),
-        Some(1.0),
-        "only the one record waits"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "relay_fetches_total",
-            &[("source", "eventbrite"), ("outcome", "failed")]
-        ),
+        metric(&text, "relay_fetches_total", &[("source", "eventbrite"), ("outcome", "failed")]),
         Some(2.0)
     );
 }

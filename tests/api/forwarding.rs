@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use attendance_relay::{
     demo::simulator::{Fault, Options, Simulator},
-    hubspot::Operation,
+        hubspot::Operation,
     store::RecordStatus,
 };
 use serde_json::{Value, json};
@@ -610,8 +610,5 @@ async fn a_refused_contact_look_up_is_narrowed_to_the_contact_it_names() {
         .into_iter()
         .filter(|c| c.operation == Operation::ContactsRead)
         .count();
-    assert_eq!(
-        reads, 2,
-        "the refusal named its input: one more read for the rest"
-    );
+    assert_eq!(reads, 2, "the refusal named its input: one more read for the rest");
 }

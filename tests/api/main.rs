@@ -1,9 +1,9 @@
 //! One integration-test binary (links once): the real application on random
 //! ports, real HTTP, the real embedded store.
 
+mod cli;
 mod admin;
 mod batching;
-mod cli;
 mod contract;
 mod demo;
 mod durability;

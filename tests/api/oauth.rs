@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use attendance_relay::{
     demo::simulator::{Fault, OAuthOptions, Options, Simulator},
-    hubspot::Operation,
+        hubspot::Operation,
     store::RecordStatus,
 };
 

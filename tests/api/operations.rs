@@ -96,11 +96,7 @@ async fn every_fetch_series_is_exported_before_the_first_delivery() {
     let text = app.metrics().await;
     for outcome in ["resolved", "retry", "failed", "refused"] {
         assert_eq!(
-            metric(
-                &text,
-                "relay_fetches_total",
-                &[("source", "eventbrite"), ("outcome", outcome)]
-            ),
+            metric(&text, "relay_fetches_total", &[("source", "eventbrite"), ("outcome", outcome)]),
             Some(0.0),
             "{outcome}"
         );
@@ -137,11 +133,7 @@ async fn past_the_in_flight_budget_deliveries_get_503_with_retry_after_and_nothi
     let _ = response.body().await;
     let text = app.metrics().await;
     assert_eq!(
-        metric(
-            &text,
-            "relay_webhooks_received_total",
-            &[("source", "zoom"), ("outcome", "unavailable")]
-        ),
+        metric(&text, "relay_webhooks_received_total", &[("source", "zoom"), ("outcome", "unavailable")]),
         Some(1.0)
     );
 

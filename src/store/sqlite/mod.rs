@@ -324,6 +324,7 @@ fn run_checkpoints(conn: &Connection, stop: &std_mpsc::Receiver<()>) {
     }
 }
 
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ingest(
@@ -492,7 +493,6 @@ impl Store for SqliteStore {
         })
         .await;
     }
-
     // ---- operations for the admin API and CLI ----
 
     async fn list_records(

@@ -176,9 +176,7 @@ pub fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> 
     let event_info: Option<String> = row.get(12)?;
     let status = match status.as_str() {
         "leased" => RecordStatus::Pending,
-        other => {
-            RecordStatus::parse(other).ok_or_else(|| text_err(3, format!("status {other}")))?
-        }
+        other => RecordStatus::parse(other).ok_or_else(|| text_err(3, format!("status {other}")))?,
     };
     Ok(StoredRecord {
         id: row.get(0)?,
@@ -229,9 +227,9 @@ pub fn queue_stats(conn: &Connection) -> Result<QueueStats> {
     for (status, n) in grouped("SELECT status, COUNT(*) FROM records GROUP BY status")? {
         add(&status, n);
     }
-    for (status, n) in
-        grouped("SELECT status, COUNT(*) FROM deliveries WHERE status != 'done' GROUP BY status")?
-    {
+    for (status, n) in grouped(
+        "SELECT status, COUNT(*) FROM deliveries WHERE status != 'done' GROUP BY status",
+    )? {
         add(&status, n);
     }
     let oldest = |sql: &str| -> Result<Option<i64>> {
@@ -277,10 +275,7 @@ fn due_of_group(
     ))
     .and_then(|mut select| {
         select
-            .query_map(
-                params![group, now, limit as i64, offset as i64],
-                row_to_record,
-            )?
+            .query_map(params![group, now, limit as i64, offset as i64], row_to_record)?
             .collect()
     })
     .map_err(sql_error)
@@ -529,12 +524,9 @@ pub fn settle_delivery(
             let status = if problem.is_some() { "failed" } else { "done" };
             (status, None, problem.as_deref(), fresh)
         }
-        FetchOutcome::Retry { delay, error } => (
-            "fetch",
-            Some(now + ms(*delay)),
-            Some(error.as_str()),
-            Vec::new(),
-        ),
+        FetchOutcome::Retry { delay, error } => {
+            ("fetch", Some(now + ms(*delay)), Some(error.as_str()), Vec::new())
+        }
         FetchOutcome::Failed { reason } => ("failed", None, Some(reason.as_str()), Vec::new()),
     };
     conn.prepare_cached(
