@@ -101,12 +101,12 @@ pub enum Records {
         /// Every dead letter, or those the filters name.
         #[arg(long)]
         dead: bool,
-        #[arg(long, requires = "dead")]
+        #[arg(long, conflicts_with = "ids")]
         event: Option<String>,
-        #[arg(long, requires = "dead")]
+        #[arg(long, conflicts_with = "ids")]
         source: Option<String>,
         /// Part of the reason, case-insensitively.
-        #[arg(long, requires = "dead")]
+        #[arg(long, conflicts_with = "ids")]
         reason: Option<String>,
         #[command(flatten)]
         output: Output,
