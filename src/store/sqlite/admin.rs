@@ -121,45 +121,44 @@ pub fn list_owed_deliveries(
     .map_err(sql_error)
 }
 
-/// Whether a row `id` exists in `table` (one of ours, never the caller's text).
-fn exists(conn: &Connection, table: &str, id: i64) -> Result<bool> {
-    conn.prepare_cached(&format!(
-        "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = ?1)"
-    ))
-    .and_then(|mut select| select.query_row(params![id], |row| row.get(0)))
-    .map_err(sql_error)
-}
-
 /// Only a dead record changes: the `status = 'dead'` condition is what makes
 /// a second retry, concurrent or from another replica, a no-op.
 pub fn retry_record(conn: &Connection, id: i64, now: i64) -> Result<Option<bool>> {
-    let changed = conn
-        .prepare_cached(
-            "UPDATE records SET status = 'pending', next_attempt_ms = ?2, attempts = 0,
-                 updated_ms = ?2
-             WHERE id = ?1 AND status = 'dead'",
-        )
-        .and_then(|mut update| update.execute(params![id, now]))
-        .map_err(sql_error)?;
-    if changed > 0 {
-        return Ok(Some(true));
-    }
-    Ok(exists(conn, "records", id)?.then_some(false))
+    retry_one(conn, "records", "'dead'", "'pending'", id, now)
 }
 
+/// A failed delivery is to be fetched again, under the same condition.
 pub fn retry_delivery(conn: &Connection, id: i64, now: i64) -> Result<Option<bool>> {
+    retry_one(conn, "deliveries", "'failed'", "'fetch'", id, now)
+}
+
+/// `table` and the statuses are ours, never the caller's text.
+fn retry_one(
+    conn: &Connection,
+    table: &str,
+    dead: &str,
+    again: &str,
+    id: i64,
+    now: i64,
+) -> Result<Option<bool>> {
     let changed = conn
-        .prepare_cached(
-            "UPDATE deliveries SET status = 'fetch', next_attempt_ms = ?2, attempts = 0,
+        .prepare_cached(&format!(
+            "UPDATE {table} SET status = {again}, next_attempt_ms = ?2, attempts = 0,
                  updated_ms = ?2
-             WHERE id = ?1 AND status = 'failed'",
-        )
+             WHERE id = ?1 AND status = {dead}"
+        ))
         .and_then(|mut update| update.execute(params![id, now]))
         .map_err(sql_error)?;
     if changed > 0 {
         return Ok(Some(true));
     }
-    Ok(exists(conn, "deliveries", id)?.then_some(false))
+    let exists: bool = conn
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = ?1)"
+        ))
+        .and_then(|mut select| select.query_row(params![id], |row| row.get(0)))
+        .map_err(sql_error)?;
+    Ok(exists.then_some(false))
 }
 
 pub fn retry_dead(conn: &Connection, filter: &RecordFilter, now: i64) -> Result<RetryCounts> {
