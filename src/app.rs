@@ -4,14 +4,15 @@
 
 use std::{net::SocketAddr, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
 
-use actix_web::{App, HttpServer, dev::Server, web};
+use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web};
 
 use crate::{
     fetcher::Fetcher,
     forwarder::{self, Forwarder},
-    http::{self, AppState, Sources},
+    http::{self, AppState, Sources, admin::AdminAuth},
     hubspot::HubSpotClient,
     metrics::Metrics,
+    operations::Operations,
     record::now_ms,
     settings::Settings,
     sources::{
@@ -131,6 +132,17 @@ impl Application {
             Arc::clone(&fetcher_wake),
             Arc::clone(&forwarder_wake),
         );
+        // The admin API exists only with its key: without one its routes are absent (404).
+        let admin_api = settings.admin_jwt_secret.as_ref().map(|secret| {
+            (
+                web::Data::new(AdminAuth::new(secret)),
+                web::Data::new(Operations::new(
+                    Arc::clone(&store),
+                    &settings,
+                    Some(Arc::clone(&metrics)),
+                )),
+            )
+        });
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             metrics,
@@ -154,6 +166,7 @@ impl Application {
         let public_state = state.clone();
         let mut public = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(http::count_requests))
                 .configure(|cfg| http::public(cfg, public_state.clone(), sources.clone()))
                 .default_service(web::to(http::not_found))
         })
@@ -172,7 +185,8 @@ impl Application {
 
         let admin = HttpServer::new(move || {
             App::new()
-                .configure(|cfg| http::admin(cfg, state.clone()))
+                .wrap(from_fn(http::count_requests))
+                .configure(|cfg| http::admin(cfg, state.clone(), admin_api.clone()))
                 .default_service(web::to(http::not_found))
         })
         .workers(1)

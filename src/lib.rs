@@ -15,6 +15,7 @@ pub mod forwarder;
 pub mod http;
 pub mod hubspot;
 pub mod metrics;
+pub mod operations;
 pub mod outbound;
 pub mod record;
 pub mod retry;

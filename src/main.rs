@@ -23,6 +23,11 @@ async fn main() -> ExitCode {
     };
     match command {
         Command::Serve => serve(settings).await,
+        Command::Operator(operator) => {
+            // Quiet: the answer is the output; problems go to stderr.
+            telemetry::init(settings.log_format, "warn");
+            cli::run_operator(&operator, &settings).await
+        }
         Command::Demo => {
             // Quiet by default: the demo's own report is the output.
             telemetry::init(settings.log_format, "warn");

@@ -1,7 +1,10 @@
 //! The Prometheus registry of one application instance (not the global one,
 //! so several instances can run in one test process).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{
+    Mutex,
+    atomic::{AtomicI64, Ordering},
+};
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
@@ -47,6 +50,19 @@ pub struct Metrics {
     token_expires_in: Gauge,
     /// When the held OAuth token expires (epoch ms; 0: no OAuth token).
     token_expires_at_ms: AtomicI64,
+    /// Requests by listener, matched route pattern and answered status.
+    pub http_requests: IntCounterVec,
+    /// What `/admin/status` says beyond the gauges.
+    operations: Mutex<OperationsStatus>,
+}
+
+/// The running gateway's own account of what the gauges cannot say: why
+/// forwarding is paused, and how the last token refresh went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OperationsStatus {
+    pub pause_reason: Option<String>,
+    /// Outcome label (success, refused, error) and when (epoch ms).
+    pub last_refresh: Option<(&'static str, i64)>,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -85,8 +101,11 @@ impl Metrics {
                         "relay_ingest_duration_seconds",
                         "Time from request to durable answer, by source.",
                     )
+                    // An fsync'd commit takes from a fraction of a millisecond
+                    // (shared group commit) to seconds (a stalled disk).
                     .buckets(vec![
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5, 5.0,
                     ]),
                     &["source"],
                 )
@@ -137,7 +156,10 @@ impl Metrics {
                         "relay_hubspot_request_duration_seconds",
                         "Duration of HubSpot API calls by operation.",
                     )
-                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    // Up to the longest request timeout worth setting.
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
                     &["operation"],
                 )
                 .expect("valid metric"),
@@ -193,6 +215,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            http_requests: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "relay_http_requests_total",
+                        "HTTP requests by listener, route pattern (`unmatched` for none) and status.",
+                    ),
+                    &["listener", "route", "status"],
+                )
+                .expect("valid metric"),
+            ),
+            operations: Mutex::default(),
         };
         for operation in Operation::ALL {
             metrics
@@ -243,6 +277,34 @@ impl Metrics {
     pub fn set_token_expiry(&self, expires_at_ms: i64) {
         self.token_expires_at_ms
             .store(expires_at_ms, Ordering::Relaxed);
+    }
+
+    /// When the held OAuth token expires (epoch ms), if one is held.
+    pub fn token_expires_at_ms(&self) -> Option<i64> {
+        Some(self.token_expires_at_ms.load(Ordering::Relaxed)).filter(|at| *at > 0)
+    }
+
+    /// Forwarding paused for `reason`, or resumed (`None`): the gauge and
+    /// the reason `/admin/status` shows change together.
+    pub fn set_forwarding_paused(&self, reason: Option<&str>) {
+        self.forwarding_paused.set(i64::from(reason.is_some()));
+        self.operations().pause_reason = reason.map(str::to_owned);
+    }
+
+    /// Counts a token refresh by outcome and remembers it as the last one.
+    pub fn record_token_refresh(&self, outcome: &'static str) {
+        self.token_refreshes.with_label_values(&[outcome]).inc();
+        self.operations().last_refresh = Some((outcome, crate::record::now_ms()));
+    }
+
+    pub fn operations_status(&self) -> OperationsStatus {
+        self.operations().clone()
+    }
+
+    fn operations(&self) -> std::sync::MutexGuard<'_, OperationsStatus> {
+        self.operations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Prometheus text exposition of everything registered.

@@ -85,8 +85,13 @@ settings! {
     /// Public listener: webhooks, `/healthz`, `/readyz`.
     listen_addr: String = "RELAY_LISTEN_ADDR", default "0.0.0.0:8080", form "host:port";
 
-    /// Admin listener: `/metrics` (and later `/admin/*`). Never exposed by the ingress.
+    /// Admin listener: `/metrics`, `/openapi.json`, `/admin/*`. Never exposed by the ingress.
     admin_addr: String = "RELAY_ADMIN_ADDR", default "0.0.0.0:9090", form "host:port";
+
+    /// HS256 secret of admin API bearer tokens, which must carry `exp` and
+    /// `aud` = `attendance-relay-admin`.
+    admin_jwt_secret: Option<Secret> = "RELAY_ADMIN_JWT_SECRET",
+        unset "the admin API answers 404", form "text";
 
     /// Store: `sqlite://path` (embedded; the file and its folder are created
     /// on first start).
@@ -493,6 +498,7 @@ mod tests {
             ("HUBSPOT_REFRESH_TOKEN", "refresh-token-4"),
             ("GENERIC_JWT_SECRET", "jwt-secret-5"),
             ("GENERIC_WEBHOOK_SECRET", "whsec_c2VjcmV0LTY="),
+            ("RELAY_ADMIN_JWT_SECRET", "admin-secret-8"),
             (
                 "RELAY_DATABASE_URL",
                 "postgres://relay:db-password-7@db/relay",

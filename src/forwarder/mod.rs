@@ -192,7 +192,7 @@ impl Forwarder {
                         Ok(BatchEnd::Done) => {
                             if paused.take().is_some() {
                                 tracing::info!("forwarding resumed");
-                                shared.metrics.forwarding_paused.set(0);
+                                shared.metrics.set_forwarding_paused(None);
                             }
                         }
                         Ok(BatchEnd::Paused(reason)) => {
@@ -203,7 +203,7 @@ impl Forwarder {
                             if paused.as_ref().is_none_or(|(r, _, _)| *r != reason) {
                                 tracing::warn!(%reason, retry_in = ?backoff, "forwarding paused: records are kept");
                             }
-                            shared.metrics.forwarding_paused.set(1);
+                            shared.metrics.set_forwarding_paused(Some(&reason));
                             paused = Some((reason, backoff, tokio::time::Instant::now() + backoff));
                         }
                         // A batch that panicked leaves its lease to run out: sent again later.

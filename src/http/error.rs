@@ -7,7 +7,7 @@ use actix_web::{
 };
 use serde_json::json;
 
-use crate::{sources::Rejection, store::StoreError};
+use crate::{operations::OpsError, sources::Rejection, store::StoreError};
 
 /// What a 503 suggests as the wait before retrying (seconds).
 const STORE_RETRY_AFTER_SECS: u64 = 5;
@@ -28,6 +28,12 @@ pub enum ApiError {
     /// More deliveries are in flight than memory is set aside for.
     #[error("too many deliveries in flight; retry later")]
     Busy,
+    /// An admin request names a record or delivery the store does not hold.
+    #[error("{0}")]
+    UnknownRecord(String),
+    /// The store failed an admin read or retry.
+    #[error("the store cannot answer now; retry later")]
+    StoreFailed(#[source] StoreError),
 }
 
 impl ApiError {
@@ -35,9 +41,9 @@ impl ApiError {
     pub fn outcome(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) | ApiError::NotFound => "unauthorized",
-            ApiError::Invalid(_) => "invalid",
+            ApiError::Invalid(_) | ApiError::UnknownRecord(_) => "invalid",
             ApiError::TooLarge(_) => "too_large",
-            ApiError::Unavailable(_) | ApiError::Busy => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Busy | ApiError::StoreFailed(_) => "unavailable",
         }
     }
 
@@ -47,8 +53,19 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::Invalid(_) => "invalid_request",
             ApiError::TooLarge(_) => "payload_too_large",
-            ApiError::Unavailable(_) => "store_unavailable",
+            ApiError::Unavailable(_) | ApiError::StoreFailed(_) => "store_unavailable",
             ApiError::Busy => "busy",
+            ApiError::UnknownRecord(_) => "no_such_record",
+        }
+    }
+}
+
+impl From<OpsError> for ApiError {
+    fn from(err: OpsError) -> Self {
+        match err {
+            OpsError::Invalid(why) => ApiError::Invalid(why),
+            OpsError::UnknownRecord(_) => ApiError::UnknownRecord(err.to_string()),
+            OpsError::Store(cause) => ApiError::StoreFailed(cause),
         }
     }
 }
@@ -67,16 +84,18 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::UnknownRecord(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy | ApiError::StoreFailed(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Unavailable(cause) = self {
+        if let ApiError::Unavailable(cause) | ApiError::StoreFailed(cause) = self {
             tracing::error!(error = %cause, "store unavailable");
         }
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {

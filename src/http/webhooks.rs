@@ -1,11 +1,15 @@
 //! The webhook routes: one pipeline (read, authenticate, interpret, store,
 //! answer) shared by every source, timed and counted per source.
 
-use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_LENGTH, web};
+use actix_web::{
+    HttpRequest, HttpResponse,
+    http::{Method, header::CONTENT_LENGTH},
+    web,
+};
 use serde::Serialize;
 use tokio::sync::SemaphorePermit;
 
-use super::{AppState, Sources, error::ApiError};
+use super::{AppState, Listener, Sources, error::ApiError, listed};
 use crate::{
     record::{Delivery, now_ms},
     sources::{Inbound, Rejection, Source, eventbrite::Eventbrite, generic::Generic, zoom::Zoom},
@@ -40,19 +44,22 @@ impl Answer {
 
 /// Routes of the configured sources; an unconfigured source's route is absent (404).
 pub fn configure(cfg: &mut web::ServiceConfig, sources: Sources) {
+    let path = |path| listed(Listener::Public, &Method::POST, path);
     if let Some(zoom) = sources.zoom {
         cfg.app_data(zoom)
-            .route("/webhooks/zoom", web::post().to(receive::<Zoom>));
+            .route(path("/webhooks/zoom"), web::post().to(receive::<Zoom>));
     }
     if let Some(eventbrite) = sources.eventbrite {
         cfg.app_data(eventbrite).route(
-            "/webhooks/eventbrite/{token}",
+            path("/webhooks/eventbrite/{token}"),
             web::post().to(receive::<Eventbrite>),
         );
     }
     if let Some(generic) = sources.generic {
-        cfg.app_data(generic)
-            .route("/webhooks/generic", web::post().to(receive::<Generic>));
+        cfg.app_data(generic).route(
+            path("/webhooks/generic"),
+            web::post().to(receive::<Generic>),
+        );
     }
 }
 
@@ -78,8 +85,24 @@ async fn receive<S: Source>(
         .with_label_values(&[S::NAME, outcome])
         .inc();
     timer.observe_duration();
-    if let Err(err) = &result {
-        tracing::info!(source = S::NAME, outcome, reason = %err, "webhook refused");
+    // One line per delivery, under an id of its own to find it by; never its
+    // body or an email.
+    let delivery = format!("{:016x}", fastrand::u64(..));
+    match &result {
+        Ok(Answer::Counts(counts)) => tracing::info!(
+            source = S::NAME,
+            outcome,
+            %delivery,
+            accepted = counts.accepted,
+            duplicates = counts.duplicates,
+            "webhook stored"
+        ),
+        Ok(Answer::Reply(_)) => {
+            tracing::info!(source = S::NAME, outcome, %delivery, "webhook answered")
+        }
+        Err(err) => {
+            tracing::info!(source = S::NAME, outcome, %delivery, reason = %err, "webhook refused")
+        }
     }
     Ok(match result? {
         Answer::Reply(body) => HttpResponse::Ok().json(body),

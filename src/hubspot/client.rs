@@ -253,10 +253,11 @@ impl HubSpotClient {
             // HubSpot counted the call by the time its answer (or failure) came.
             drop(permit);
             let label = operation.as_str();
+            let inputs = body["inputs"].as_array().map_or(0, Vec::len);
             let mut response = match sent {
                 Ok(response) => response,
                 Err(err) => {
-                    self.observe(label, "error", started);
+                    self.observe(label, "error", started, inputs);
                     return Err(CallError::Transient {
                         reason: format!("{label}: {err}"),
                         retry_after: None,
@@ -264,7 +265,7 @@ impl HubSpotClient {
                 }
             };
             let status = response.status().as_u16();
-            self.observe(label, &status.to_string(), started);
+            self.observe(label, &status.to_string(), started, inputs);
             if let Some((remaining, interval)) = rate_headers(response.headers()) {
                 self.limiter.observe_remaining(remaining, interval).await;
             }
@@ -319,7 +320,16 @@ impl HubSpotClient {
         }
     }
 
-    fn observe(&self, operation: &str, status: &str, started: Instant) {
+    /// Counts, times and logs one call (`inputs`: the batch it carried).
+    fn observe(&self, operation: &str, status: &str, started: Instant, inputs: usize) {
+        let elapsed = started.elapsed();
+        tracing::info!(
+            operation,
+            status,
+            duration_ms = elapsed.as_millis() as u64,
+            batch_size = inputs,
+            "hubspot call"
+        );
         self.metrics
             .hubspot_requests
             .with_label_values(&[operation, status])
@@ -327,9 +337,8 @@ impl HubSpotClient {
         self.metrics
             .hubspot_request_duration
             .with_label_values(&[operation])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
     }
-
 }
 
 /// HubSpot's `X-HubSpot-RateLimit-Remaining` and the interval it counts over.

@@ -183,7 +183,7 @@ fn webhook_from_secret(secret: &str) -> Result<Webhook, GenericConfigError> {
 }
 
 /// What is wrong with a refused token, in words that never repeat the token.
-fn jwt_problem(kind: &ErrorKind, validation: &Validation) -> String {
+pub(crate) fn jwt_problem(kind: &ErrorKind, validation: &Validation) -> String {
     let algorithm = validation.algorithms[0];
     match kind {
         ErrorKind::ExpiredSignature => "bearer token has expired".into(),

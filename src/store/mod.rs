@@ -4,6 +4,7 @@
 //! The store's own clock decides due times and leases: callers pass delays,
 //! never timestamps, so several processes sharing one database agree.
 
+pub(crate) mod admin;
 mod plan;
 mod postgres;
 mod sqlite;
@@ -13,7 +14,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use crate::{
-    record::{Delivery, GroupKey, NewRecord},
+    record::{Delivery, GroupKey, NewRecord, State},
     settings::Secret,
 };
 pub use postgres::PostgresStore;
@@ -67,10 +68,12 @@ impl RecordStatus {
     }
 
     /// The status a stored status value shows as: a record leased to a
-    /// forwarder is still pending to everyone but the queue.
-    fn from_stored(value: &str) -> Option<Self> {
+    /// forwarder is still pending to everyone but the queue; a delivery still
+    /// to be fetched is pending, one that failed is a dead letter.
+    pub(crate) fn from_stored(value: &str) -> Option<Self> {
         match value {
-            "leased" => Some(RecordStatus::Pending),
+            "leased" | "fetch" | "fetching" => Some(RecordStatus::Pending),
+            "failed" => Some(RecordStatus::Dead),
             other => Self::parse(other),
         }
     }
@@ -123,11 +126,7 @@ impl QueueStats {
             .map(|status| (status, 0))
             .collect();
         for (stored, n) in counts {
-            let status = match stored.as_str() {
-                "fetch" | "fetching" => Some(RecordStatus::Pending),
-                "failed" => Some(RecordStatus::Dead),
-                other => RecordStatus::from_stored(other),
-            };
+            let status = RecordStatus::from_stored(&stored);
             if let Some(entry) = by_status.iter_mut().find(|(s, _)| Some(*s) == status) {
                 entry.1 += n;
             }
@@ -415,11 +414,105 @@ pub trait Store: Send + Sync {
     async fn lock_credential(&self, _key: &str) -> Result<CredentialLock, StoreError> {
         Ok(CredentialLock { _held: None })
     }
+
+    // Operations for the admin API and CLI.
+
+    /// Records matching `filter` (its `reason` aside) with ids above `after`,
+    /// in id order: a cursor that new records never disturb.
+    async fn list_records(
+        &self,
+        filter: &RecordFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Deferred deliveries still owed (to be fetched: pending; failed: dead)
+    /// of `filter`'s status and source, with ids above `after`, in id order.
+    async fn list_owed_deliveries(
+        &self,
+        filter: &RecordFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OwedDelivery>, StoreError>;
+
+    /// Makes the dead record `id` pending again, due now, its attempts
+    /// counted from zero. `None`: no such record; `Some(false)`: not dead, so
+    /// nothing changed (a second, concurrent retry of the same record).
+    async fn retry_record(&self, id: i64) -> Result<Option<bool>, StoreError>;
+
+    /// The same for a failed deferred delivery: to be fetched again.
+    async fn retry_delivery(&self, id: i64) -> Result<Option<bool>, StoreError>;
+
+    /// Retries, in one commit, every dead record and failed delivery that
+    /// `filter` matches (its status aside; deliveries have no event, so an
+    /// event filter leaves them out).
+    async fn retry_dead(&self, filter: &RecordFilter) -> Result<RetryCounts, StoreError>;
+
+    /// Records per (account, event, state, status) matching `filter`'s event
+    /// and source.
+    async fn event_tallies(&self, filter: &RecordFilter) -> Result<Vec<EventTally>, StoreError>;
+
+    /// Records and owed deliveries per (source, status).
+    async fn source_tallies(&self) -> Result<Vec<SourceTally>, StoreError>;
 }
 
 /// Held while a replica refreshes the credential (see [`Store::lock_credential`]).
 pub struct CredentialLock {
     pub(crate) _held: Option<Box<dyn Send>>,
+}
+
+// ---- types of the operations for the admin API and CLI ----
+
+/// Which records an operation is about; `None` matches all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordFilter {
+    pub status: Option<RecordStatus>,
+    /// externalEventId.
+    pub event: Option<String>,
+    pub source: Option<String>,
+    /// Part of the last error (a dead letter's reason).
+    pub reason: Option<String>,
+}
+
+/// A deferred delivery whose records the gateway still owes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwedDelivery {
+    pub id: i64,
+    pub source: String,
+    /// Pending (to be fetched) or dead (failed).
+    pub status: RecordStatus,
+    pub attempts: i64,
+    pub received_ms: i64,
+    pub next_attempt_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// What a bulk retry made pending again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryCounts {
+    pub records: u64,
+    pub deliveries: u64,
+}
+
+/// How many records of one (account, event, state) have one status, and
+/// when the first and last of them arrived (epoch ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventTally {
+    pub external_account_id: String,
+    pub external_event_id: String,
+    pub state: State,
+    pub status: RecordStatus,
+    pub count: i64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+}
+
+/// Records (and owed deliveries) of one source in one status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceTally {
+    pub source: String,
+    pub status: RecordStatus,
+    pub count: i64,
 }
 
 /// Opens the store named by `RELAY_DATABASE_URL`.

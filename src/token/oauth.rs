@@ -258,10 +258,7 @@ impl OAuth {
             Err(CredentialError::Refused(_)) => "refused",
             Err(_) => "error",
         };
-        self.metrics
-            .token_refreshes
-            .with_label_values(&[label])
-            .inc();
+        self.metrics.record_token_refresh(label);
         let answer = outcome?;
 
         let credential = StoredCredential {

@@ -521,3 +521,55 @@ async fn a_delivery_that_cannot_become_records_stays_visible_and_good_attendees_
         Some(2.0)
     );
 }
+
+#[actix_web::test]
+async fn a_failed_fetch_is_listed_as_a_dead_delivery_and_an_operator_retry_fetches_it_again() {
+    use crate::helpers::{ADMIN_SECRET, admin_token};
+
+    let mock = EventbriteMock::start().await;
+    let app = spawn_app_with(&[
+        ("EVENTBRITE_WEBHOOK_TOKEN", PATH_TOKEN),
+        ("EVENTBRITE_API_TOKEN", API_TOKEN),
+        ("EVENTBRITE_API_BASE_URL", &mock.url),
+        ("RELAY_ADMIN_JWT_SECRET", ADMIN_SECRET),
+    ])
+    .await;
+    // Eventbrite does not have the order (yet): the fetch fails for good.
+    let url = format!("{}orders/900/", mock.url);
+    post(&app, PATH_TOKEN, &webhook("order.placed", &url)).await;
+    let dead = async || app.admin("GET", "/admin/records?status=dead").await;
+    wait_until("the delivery is a dead letter", 15, async || {
+        !dead().await["records"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let listed = dead().await;
+    let delivery = &listed["records"][0];
+    assert_eq!(delivery["id"], "d1", "{listed}");
+    assert_eq!(delivery["kind"], "delivery");
+    assert_eq!(delivery["source"], "eventbrite");
+    assert!(delivery["last_error"].as_str().is_some(), "{delivery}");
+    assert_eq!(app.admin("GET", "/admin/status").await["queue"]["dead"], 1);
+
+    mock.put(
+        "/v3/orders/900/",
+        order(vec![attendee("1", "a@example.com", "Attending")]),
+    );
+    let (status, body) = app
+        .call(
+            "POST",
+            &format!("{}/admin/records/d1/retry", app.admin),
+            Some(&admin_token()),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), &body["retried"]),
+        (200, &json!(true)),
+        "{body}"
+    );
+    let stored = records(&app, 1).await;
+    assert_eq!(stored[0].record.email, "a@example.com");
+    assert_eq!(
+        app.admin("GET", "/admin/records?status=dead").await["records"],
+        json!([])
+    );
+}

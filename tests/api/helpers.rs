@@ -83,7 +83,9 @@ impl StoreDir {
 
     /// The PostgreSQL database's name, if the store is one.
     pub fn database_name(&self) -> Option<&str> {
-        self.database.as_ref().map(|database| database.name.as_str())
+        self.database
+            .as_ref()
+            .map(|database| database.name.as_str())
     }
 
     pub fn database_url(&self) -> String {
@@ -425,5 +427,55 @@ impl Gateway {
             &[("status", "pending")],
         )
         .unwrap()
+    }
+}
+
+pub const ADMIN_SECRET: &str = "test-admin-secret";
+
+/// An HS256 token with these claims, made here with jsonwebtoken directly.
+pub fn jwt(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("key"),
+    )
+    .expect("token encodes")
+}
+
+/// A valid admin token for five minutes.
+pub fn admin_token() -> String {
+    jwt(
+        ADMIN_SECRET,
+        json!({"aud": "attendance-relay-admin", "exp": now_secs() + 300}),
+    )
+}
+
+impl TestApp {
+    /// `method path` on `base` with an optional bearer token; the answer as JSON.
+    pub async fn call(&self, method: &str, url: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.client.request(method, url);
+        if let Some(token) = token {
+            request = request.insert_header(("authorization", format!("Bearer {token}")));
+        }
+        let mut response = request.send().await.expect("request sent");
+        let bytes = response.body().limit(1 << 22).await.expect("body read");
+        (
+            response.status(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// An admin API call with a valid token.
+    pub async fn admin(&self, method: &str, path: &str) -> Value {
+        let (status, body) = self
+            .call(
+                method,
+                &format!("{}{path}", self.admin),
+                Some(&admin_token()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {body}");
+        body
     }
 }

@@ -1,6 +1,7 @@
 //! One integration-test binary (links once): the real application on random
 //! ports, real HTTP, the real embedded store.
 
+mod admin;
 mod batching;
 mod cli;
 mod contract;
@@ -11,6 +12,7 @@ mod forwarding;
 mod generic;
 mod helpers;
 mod oauth;
+mod openapi;
 mod operations;
 mod pg;
 mod prism;

@@ -142,7 +142,10 @@ async fn a_database_that_goes_away_means_503_and_the_gateway_recovers_by_itself(
     let database = dir.database_name().expect("on PostgreSQL").to_owned();
 
     // The database refuses connections and drops the ones it had.
-    on_server(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS false")).await;
+    on_server(&format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
+    ))
+    .await;
     on_server(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
     ))
@@ -150,7 +153,10 @@ async fn a_database_that_goes_away_means_503_and_the_gateway_recovers_by_itself(
     let started = std::time::Instant::now();
     let (status, answer) = app.post_zoom(&join(1)).await;
     assert_eq!(status.as_u16(), 503, "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(10), "answered within seconds");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered within seconds"
+    );
     let (ready, _) = app.get(&format!("{}/readyz", app.public)).await;
     assert_eq!(ready.as_u16(), 503, "not ready while the database is away");
     let (live, _) = app.get(&format!("{}/healthz", app.public)).await;
@@ -161,9 +167,20 @@ async fn a_database_that_goes_away_means_503_and_the_gateway_recovers_by_itself(
         app.post_zoom(&join(2)).await.0.as_u16() == 200
     })
     .await;
-    let emails: Vec<String> = app.records().await.into_iter().map(|r| r.record.email).collect();
-    assert!(emails.contains(&"p0@example.com".to_owned()), "nothing acknowledged is lost");
-    assert!(!emails.contains(&"p1@example.com".to_owned()), "what got 503 was not stored");
+    let emails: Vec<String> = app
+        .records()
+        .await
+        .into_iter()
+        .map(|r| r.record.email)
+        .collect();
+    assert!(
+        emails.contains(&"p0@example.com".to_owned()),
+        "nothing acknowledged is lost"
+    );
+    assert!(
+        !emails.contains(&"p1@example.com".to_owned()),
+        "what got 503 was not stored"
+    );
 }
 
 /// Three real gateway processes on one PostgreSQL, load through all of them,
@@ -204,7 +221,11 @@ async fn three_processes_lose_nothing_when_one_is_killed_and_stay_within_the_lim
             gateways[0].child.wait().unwrap();
             killed_at = Some(std::time::Instant::now());
         }
-        let gateway = &gateways[if killed_at.is_some() { 1 + n % 2 } else { n % 3 }];
+        let gateway = &gateways[if killed_at.is_some() {
+            1 + n % 2
+        } else {
+            n % 3
+        }];
         if gateway.post_join(n).await == Some(actix_web::http::StatusCode::OK) {
             acknowledged.push(hubspot.contact_id(&format!("p{n}@example.com")).unwrap());
         }
@@ -227,7 +248,9 @@ async fn three_processes_lose_nothing_when_one_is_killed_and_stay_within_the_lim
     let mut seen = std::collections::HashMap::new();
     for call in &creates {
         for input in call.body["inputs"].as_array().unwrap() {
-            seen.entry(input["vid"].as_i64().unwrap()).or_insert_with(Vec::new).push(call.at);
+            seen.entry(input["vid"].as_i64().unwrap())
+                .or_insert_with(Vec::new)
+                .push(call.at);
         }
     }
     for (vid, times) in &seen {
@@ -244,7 +267,10 @@ async fn three_processes_lose_nothing_when_one_is_killed_and_stay_within_the_lim
             .iter()
             .filter(|c| c.at < call.at + Duration::from_secs(10))
             .count();
-        assert!(in_window <= 20, "{in_window} calls of the deployment within 10 s");
+        assert!(
+            in_window <= 20,
+            "{in_window} calls of the deployment within 10 s"
+        );
     }
     for mut gateway in gateways.into_iter().skip(1) {
         gateway.child.kill().unwrap();

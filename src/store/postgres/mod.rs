@@ -18,15 +18,15 @@ use std::{
 };
 
 use async_trait::async_trait;
-use deadpool_postgres::GenericClient;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Row, error::SqlState};
 
 use super::{
-    ClaimRequest, Claimed, ClaimedBatch, CredentialLock, DeferredDelivery, FetchOutcome,
-    IngestOutcome, QueueStats, RecordStatus, Settlement, Store, StoreError, StoredCredential,
-    StoredRecord, duration_ms, lease_token, plan::ClaimPlan,
+    ClaimRequest, Claimed, ClaimedBatch, CredentialLock, DeferredDelivery, EventTally,
+    FetchOutcome, IngestOutcome, OwedDelivery, QueueStats, RecordFilter, RecordStatus, RetryCounts,
+    Settlement, SourceTally, Store, StoreError, StoredCredential, StoredRecord, admin, duration_ms,
+    lease_token, plan::ClaimPlan,
 };
 use crate::{
     record::{Delivery, EventInfo, NewRecord, State, format_utc},
@@ -155,6 +155,42 @@ impl PostgresStore {
             writer: Mutex::new(Some(writer)),
             writer_alive,
         })
+    }
+
+    /// Makes a dead record or failed delivery due again; only one in that
+    /// state changes, so a second retry (from any replica) is a no-op.
+    /// `table` and the statuses are ours, never the caller's text.
+    async fn retry_one(
+        &self,
+        table: &'static str,
+        dead: &'static str,
+        again: &'static str,
+        id: i64,
+    ) -> Result<Option<bool>, StoreError> {
+        self.with(move |client| async move {
+            let now = db_now(&client).await?;
+            let changed = client
+                .execute(
+                    &format!(
+                        "UPDATE {table} SET status = {again}, next_attempt_ms = $2, attempts = 0,
+                             updated_ms = $2
+                         WHERE id = $1 AND status = {dead}"
+                    ),
+                    &[&id, &now],
+                )
+                .await
+                .map_err(pg_error)?;
+            if changed > 0 {
+                return Ok(Some(true));
+            }
+            let exists = client
+                .query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&id])
+                .await
+                .map_err(pg_error)?
+                .is_some();
+            Ok(exists.then_some(false))
+        })
+        .await
     }
 
     /// Runs `work` with a pooled connection on the store's runtime, within
@@ -588,26 +624,184 @@ impl Store for PostgresStore {
         status: Option<RecordStatus>,
         limit: i64,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let statuses: Vec<String> = match status {
-            None => vec!["pending", "leased", "unmappable", "delivered", "dead"],
-            Some(RecordStatus::Pending) => vec!["pending", "leased"],
-            Some(other) => vec![other.as_str()],
-        }
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
         self.with(move |client| async move {
             let rows = client
                 .query(
                     &format!(
-                        "SELECT {RECORD_COLUMNS} FROM records WHERE status = ANY($1)
-                         ORDER BY id LIMIT $2"
+                        "SELECT {RECORD_COLUMNS} FROM records WHERE status IN ({})
+                         ORDER BY id LIMIT $1",
+                        admin::record_statuses(status)
                     ),
-                    &[&statuses, &limit],
+                    &[&limit],
                 )
                 .await
                 .map_err(pg_error)?;
             to_records(&rows)
+        })
+        .await
+    }
+
+    async fn list_records(
+        &self,
+        filter: &RecordFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let filter = filter.clone();
+        self.with(move |client| async move {
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM records
+                         WHERE status IN ({}) AND id > $1
+                           AND ($2::text IS NULL OR external_event_id = $2)
+                           AND ($3::text IS NULL OR source = $3)
+                         ORDER BY id LIMIT $4",
+                        admin::record_statuses(filter.status)
+                    ),
+                    &[&after, &filter.event, &filter.source, &limit],
+                )
+                .await
+                .map_err(pg_error)?;
+            to_records(&rows)
+        })
+        .await
+    }
+
+    async fn list_owed_deliveries(
+        &self,
+        filter: &RecordFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OwedDelivery>, StoreError> {
+        let Some(statuses) = admin::delivery_statuses(filter.status) else {
+            return Ok(Vec::new());
+        };
+        let source = filter.source.clone();
+        self.with(move |client| async move {
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT id, source, status, attempts, received_ms, next_attempt_ms, last_error
+                         FROM deliveries
+                         WHERE status IN ({statuses}) AND id > $1 AND ($2::text IS NULL OR source = $2)
+                         ORDER BY id LIMIT $3"
+                    ),
+                    &[&after, &source, &limit],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(rows
+                .iter()
+                .map(|row| OwedDelivery {
+                    id: row.get(0),
+                    source: row.get(1),
+                    status: RecordStatus::from_stored(row.get(2)).unwrap_or(RecordStatus::Pending),
+                    attempts: row.get(3),
+                    received_ms: row.get(4),
+                    next_attempt_ms: row.get(5),
+                    last_error: row.get(6),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn retry_record(&self, id: i64) -> Result<Option<bool>, StoreError> {
+        self.retry_one("records", "'dead'", "'pending'", id).await
+    }
+
+    async fn retry_delivery(&self, id: i64) -> Result<Option<bool>, StoreError> {
+        self.retry_one("deliveries", "'failed'", "'fetch'", id)
+            .await
+    }
+
+    async fn retry_dead(&self, filter: &RecordFilter) -> Result<RetryCounts, StoreError> {
+        let filter = filter.clone();
+        self.with(move |mut client| async move {
+            let tx = client.transaction().await.map_err(pg_error)?;
+            let now = db_now(&tx).await?;
+            let reason = admin::contains_pattern(filter.reason.as_deref());
+            let records = tx
+                .execute(
+                    "UPDATE records SET status = 'pending', next_attempt_ms = $1, attempts = 0,
+                         updated_ms = $1
+                     WHERE status = 'dead' AND ($2::text IS NULL OR external_event_id = $2)
+                       AND ($3::text IS NULL OR source = $3)
+                       AND ($4::text IS NULL OR LOWER(last_error) LIKE $4 ESCAPE '\\')",
+                    &[&now, &filter.event, &filter.source, &reason],
+                )
+                .await
+                .map_err(pg_error)?;
+            // A delivery's event is known only once it is fetched.
+            let deliveries = if filter.event.is_some() {
+                0
+            } else {
+                tx.execute(
+                    "UPDATE deliveries SET status = 'fetch', next_attempt_ms = $1, attempts = 0,
+                         updated_ms = $1
+                     WHERE status = 'failed' AND ($2::text IS NULL OR source = $2)
+                       AND ($3::text IS NULL OR LOWER(last_error) LIKE $3 ESCAPE '\\')",
+                    &[&now, &filter.source, &reason],
+                )
+                .await
+                .map_err(pg_error)?
+            };
+            tx.commit().await.map_err(pg_error)?;
+            Ok(RetryCounts {
+                records,
+                deliveries,
+            })
+        })
+        .await
+    }
+
+    async fn event_tallies(&self, filter: &RecordFilter) -> Result<Vec<EventTally>, StoreError> {
+        let filter = filter.clone();
+        self.with(move |client| async move {
+            let rows = client
+                .query(
+                    "SELECT external_account_id, external_event_id, state, status, COUNT(*),
+                         MIN(created_ms), MAX(created_ms)
+                     FROM records
+                     WHERE ($1::text IS NULL OR external_event_id = $1)
+                       AND ($2::text IS NULL OR source = $2)
+                     GROUP BY external_account_id, external_event_id, state, status
+                     ORDER BY external_account_id, external_event_id, state, status",
+                    &[&filter.event, &filter.source],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|row| {
+                    admin::event_tally((
+                        row.get(0),
+                        row.get(1),
+                        row.get(2),
+                        row.get(3),
+                        row.get(4),
+                        row.get(5),
+                        row.get(6),
+                    ))
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn source_tallies(&self) -> Result<Vec<SourceTally>, StoreError> {
+        self.with(|client| async move {
+            let mut rows: Vec<(String, String, i64)> = Vec::new();
+            for sql in [
+                "SELECT source, status, COUNT(*) FROM records GROUP BY source, status",
+                "SELECT source, status, COUNT(*) FROM deliveries WHERE status <> 'done'
+                 GROUP BY source, status",
+            ] {
+                let found = client.query(sql, &[]).await.map_err(pg_error)?;
+                rows.extend(found.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
+            }
+            Ok(admin::source_tallies(rows))
         })
         .await
     }

@@ -4,6 +4,7 @@
 //! own connections (WAL lets them run beside the writer), and the WAL is
 //! checkpointed by another thread, off the commit path.
 
+mod admin;
 mod queries;
 mod schema;
 
@@ -23,8 +24,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    ClaimRequest, Claimed, DeferredDelivery, FetchOutcome, IngestOutcome, QueueStats, RecordStatus,
-    Settlement, Store, StoreError, StoredCredential, StoredRecord,
+    ClaimRequest, Claimed, DeferredDelivery, EventTally, FetchOutcome, IngestOutcome, OwedDelivery,
+    QueueStats, RecordFilter, RecordStatus, RetryCounts, Settlement, SourceTally, Store,
+    StoreError, StoredCredential, StoredRecord,
 };
 use crate::{
     record::{Delivery, NewRecord, now_ms},
@@ -360,19 +362,9 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> Result<Vec<StoredRecord>, StoreError> {
         self.read(move |conn| {
-            // A leased record is pending to everyone but the queue.
-            let statuses: &[&str] = match status {
-                None => &["pending", "leased", "unmappable", "delivered", "dead"],
-                Some(RecordStatus::Pending) => &["pending", "leased"],
-                Some(other) => &[other.as_str(), other.as_str()],
-            };
-            let list = statuses
-                .iter()
-                .map(|s| format!("'{s}'"))
-                .collect::<Vec<_>>()
-                .join(",");
             conn.prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM records WHERE status IN ({list}) ORDER BY id LIMIT ?1"
+                "SELECT {RECORD_COLUMNS} FROM records WHERE status IN ({}) ORDER BY id LIMIT ?1",
+                crate::store::admin::record_statuses(status)
             ))
             .and_then(|mut select| select.query_map(params![limit], row_to_record)?.collect())
             .map_err(sql_error)
@@ -499,5 +491,54 @@ impl Store for SqliteStore {
             }
         })
         .await;
+    }
+    // ---- operations for the admin API and CLI ----
+
+    async fn list_records(
+        &self,
+        filter: &RecordFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| admin::list_records(conn, &filter, after, limit))
+            .await
+    }
+
+    async fn list_owed_deliveries(
+        &self,
+        filter: &RecordFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OwedDelivery>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| admin::list_owed_deliveries(conn, &filter, after, limit))
+            .await
+    }
+
+    async fn retry_record(&self, id: i64) -> Result<Option<bool>, StoreError> {
+        self.write(move |conn, now| admin::retry_record(conn, id, now))
+            .await
+    }
+
+    async fn retry_delivery(&self, id: i64) -> Result<Option<bool>, StoreError> {
+        self.write(move |conn, now| admin::retry_delivery(conn, id, now))
+            .await
+    }
+
+    async fn retry_dead(&self, filter: &RecordFilter) -> Result<RetryCounts, StoreError> {
+        let filter = filter.clone();
+        self.write(move |conn, now| admin::retry_dead(conn, &filter, now))
+            .await
+    }
+
+    async fn event_tallies(&self, filter: &RecordFilter) -> Result<Vec<EventTally>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| admin::event_tallies(conn, &filter))
+            .await
+    }
+
+    async fn source_tallies(&self) -> Result<Vec<SourceTally>, StoreError> {
+        self.read(admin::source_tallies).await
     }
 }
