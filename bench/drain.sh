@@ -5,17 +5,26 @@
 #   many    20,000 records of 50 webinars, interleaved as concurrent joins arrive
 #   faults  3,000 records of 6 webinars while HubSpot answers a third of the
 #           calls 5xx, 5 % 429 and hangs 3 % past the gateway's timeout
-# Usage: bench/drain.sh [one|many|faults ...]   (default: all; writes bench/results/drain-<variant>.txt)
+#   replicas  the "many" backlog drained by three gateways sharing one
+#           PostgreSQL (the local server; PGURL names another) and one limit
+# Usage: bench/drain.sh [one|many|faults|replicas ...]   (default: all; writes bench/results/drain-<variant>.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --example drain_bench
 mkdir -p bench/results
-for variant in "${@:-one many faults}"; do
+PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
+PGDB=relay_drain_$$
+trap 'psql "$PGURL" -qc "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)" 2>/dev/null || true' EXIT
+for variant in "${@:-one many faults replicas}"; do
   for v in $variant; do
     case $v in
       one) args=(10000 100 20 1) ;;
       many) args=(20000 100 20 50) ;;
       faults) args=(3000 100 20 6 faults) ;;
+      replicas)
+        args=(20000 100 20 50)
+        psql "$PGURL" -qc "CREATE DATABASE $PGDB"
+        export REPLICAS=3 BENCH_DATABASE_URL="${PGURL%/*}/$PGDB" ;;
       *) echo "unknown variant $v" >&2; exit 2 ;;
     esac
     {

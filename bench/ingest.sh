@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Signed Zoom ingest vs a no-op JSON handler, one server core each, same run.
+# Signed Zoom ingest vs a no-op JSON handler, one server core each, same run,
+# on the embedded SQLite store and on PostgreSQL (the local server, on
+# 127.0.0.1:5432; PGURL names another; its own processes are not pinned).
 # Server pinned to CPU 0 with one worker; wrk pinned to CPU 1.
 # Usage: bench/ingest.sh [connections] [seconds]   (writes bench/results/ingest.txt)
 set -euo pipefail
@@ -33,12 +35,23 @@ wait_up http://127.0.0.1:18181/
 noop=$(run_wrk noop 18181)
 kill %1; wait %1 2>/dev/null || true
 
-RELAY_LISTEN_ADDR=127.0.0.1:18180 RELAY_ADMIN_ADDR=127.0.0.1:19190 RELAY_WORKERS=1 RUST_LOG=warn \
-  RELAY_DATABASE_URL="sqlite://$WORK/relay.db" ZOOM_WEBHOOK_SECRET_TOKEN=$SECRET \
-  taskset -c 0 target/release/attendance-relay &
-wait_up http://127.0.0.1:18180/healthz
-relay=$(run_wrk relay 18180)
-stored=$(curl -s http://127.0.0.1:19190/metrics | awk '/^relay_queue_records\{status="pending"\}/ {print $2}')
+PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
+PGDB=relay_bench_$$
+psql "$PGURL" -qc "CREATE DATABASE $PGDB"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; psql "$PGURL" -qc "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)"' EXIT
+
+run_relay() { # label, database url
+  RELAY_LISTEN_ADDR=127.0.0.1:18180 RELAY_ADMIN_ADDR=127.0.0.1:19190 RELAY_WORKERS=1 RUST_LOG=warn \
+    RELAY_DATABASE_URL="$2" ZOOM_WEBHOOK_SECRET_TOKEN=$SECRET \
+    taskset -c 0 target/release/attendance-relay &
+  local pid=$!
+  wait_up http://127.0.0.1:18180/healthz
+  run_wrk "$1" 18180
+  echo "records stored by $1: $(curl -s http://127.0.0.1:19190/metrics | awk '/^relay_queue_records\{status="pending"\}/ {print $2}')" >> "$WORK/stored.txt"
+  kill $pid; wait $pid 2>/dev/null || true
+}
+relay=$(run_relay relay "sqlite://$WORK/relay.db")
+relay_pg=$(run_relay relay-postgres "${PGURL%/*}/$PGDB")
 
 mkdir -p bench/results
 {
@@ -46,6 +59,9 @@ mkdir -p bench/results
   echo "# server   req/s   p99   non-2xx"
   echo "$noop"
   echo "$relay"
-  awk -v a="$(echo "$relay" | cut -d' ' -f2)" -v b="$(echo "$noop" | cut -d' ' -f2)" 'BEGIN {printf "ratio relay/noop: %.2f\n", a / b}'
-  echo "records stored by the relay: $stored"
+  echo "$relay_pg"
+  for r in "$relay" "$relay_pg"; do
+    awk -v l="$(echo "$r" | cut -d' ' -f1)" -v a="$(echo "$r" | cut -d' ' -f2)" -v b="$(echo "$noop" | cut -d' ' -f2)" 'BEGIN {printf "ratio %s/noop: %.2f\n", l, a / b}'
+  done
+  cat "$WORK/stored.txt"
 } | tee bench/results/ingest.txt

@@ -8,6 +8,9 @@
 //! calls answer 5xx, 5 % 429 (half with `Retry-After`), 3 % hang past the
 //! gateway's timeout.
 //!
+//! With `REPLICAS=n` and `BENCH_DATABASE_URL=postgres://…`, n gateways share
+//! the backlog on that (empty) database, and the limit holds for them together.
+//!
 //! Usage: drain_bench [records=10000] [limit per 10 s=100] [simulated HubSpot latency ms=20] [webinars=1] [faults]
 
 use std::{collections::HashMap, collections::HashSet, time::Duration};
@@ -18,7 +21,7 @@ use attendance_relay::{
     hubspot::Operation,
     record::{Delivery, NewRecord, State, now_ms},
     settings::Settings,
-    store::{SqliteStore, Store},
+    store,
 };
 
 const PER_DELIVERY: usize = 100;
@@ -39,7 +42,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = dir.join("relay.db");
 
     // The records are stored first, so the drain is measured alone.
-    let store = SqliteStore::open(db.to_str().ok_or("temp path is not UTF-8")?)?;
+    let replicas: usize = std::env::var("REPLICAS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let database_url = std::env::var("BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}", db.display()));
+    let store = store::open(&database_url)?;
     let emails: Vec<String> = (0..records)
         .map(|i| format!("attendee{i}@example.com"))
         .collect();
@@ -92,7 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let env: HashMap<String, String> = [
         ("RELAY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("RELAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-        ("RELAY_DATABASE_URL", format!("sqlite://{}", db.display())),
+        ("RELAY_DATABASE_URL", database_url.clone()),
         ("HUBSPOT_BASE_URL", hubspot.url()),
         ("HUBSPOT_ACCESS_TOKEN", "bench-token".to_owned()),
         ("HUBSPOT_RATE_LIMIT_PER_10S", limit.to_string()),
@@ -101,19 +107,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let app = Application::build(Settings::init_from_hashmap(&env)?).await?;
+    let mut running = Vec::new();
+    for _ in 0..replicas {
+        let app = Application::build(Settings::init_from_hashmap(&env)?).await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let store = app.store();
+        let server = actix_web::rt::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        running.push((stop, server, store));
+    }
     let started = std::time::Instant::now();
-    let store = app.store();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = actix_web::rt::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let store = std::sync::Arc::clone(&running[0].2);
     while store.queue_stats().await?.oldest_pending_ms.is_some() {
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
     let drained = started.elapsed();
-    let _ = stop.send(());
-    server.await??;
+    for (stop, server, _) in running {
+        let _ = stop.send(());
+        server.await??;
+    }
 
     let calls = hubspot.calls();
     let count = |op: Operation| calls.iter().filter(|c| c.operation == op).count();
@@ -139,7 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let delivered: HashSet<i64> = hubspot.attendance().iter().map(|a| a.vid).collect();
 
-    println!("records stored          {records} over {webinars} webinar(s)");
+    println!("records stored          {records} over {webinars} webinar(s), {replicas} gateway(s)");
     println!(
         "delivered (distinct)    {}  (attendance rows {})",
         delivered.len(),
