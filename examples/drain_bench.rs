@@ -42,7 +42,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = dir.join("relay.db");
 
     // The records are stored first, so the drain is measured alone.
-    let replicas: usize = std::env::var("REPLICAS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let replicas: usize = std::env::var("REPLICAS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
     let database_url = std::env::var("BENCH_DATABASE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}", db.display()));
     let store = store::open(&database_url)?;

@@ -13,8 +13,8 @@ use attendance_relay::{
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_SECRET, TestApp, admin_token, jwt, now_secs, spawn_app_with, spawn_forwarding_app,
-    wait_until, zoom_join,
+    ADMIN_SECRET, StoreDir, TestApp, admin_token, jwt, now_secs, spawn_app_with,
+    spawn_forwarding_app, wait_until, zoom_join,
 };
 
 /// Every admin route, as a request that a valid token gets an answer to.
@@ -188,7 +188,11 @@ async fn status_shows_the_queue_sources_store_version_and_why_forwarding_waits()
     join(&app, "42", "b@example.com").await;
     let status = app.admin("GET", "/admin/status").await;
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(status["store"], "sqlite");
+    let expected_store = match std::env::var("RELAY_TEST_STORE").as_deref() {
+        Ok("postgres") => "postgres",
+        _ => "sqlite",
+    };
+    assert_eq!(status["store"], expected_store);
     assert_eq!(status["queue"]["pending"], 2, "{status}");
     assert_eq!(status["queue"]["dead"], 0);
     assert_eq!(status["sources"]["zoom"]["pending"], 2);
@@ -403,14 +407,11 @@ async fn the_per_event_view_matches_what_hubspot_received() {
 }
 
 /// The real binary's operator subcommand on the store in `dir`.
-fn operator(dir: &std::path::Path, args: &[&str]) -> String {
+fn operator(dir: &StoreDir, args: &[&str]) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_attendance-relay"))
         .args(args)
         .env_clear()
-        .env(
-            "RELAY_DATABASE_URL",
-            format!("sqlite://{}", dir.join("relay.db").display()),
-        )
+        .env("RELAY_DATABASE_URL", dir.database_url())
         // The operator's shell has the gateway's settings.
         .env("HUBSPOT_ACCESS_TOKEN", crate::helpers::HUBSPOT_TOKEN)
         .output()
@@ -424,7 +425,7 @@ fn operator(dir: &std::path::Path, args: &[&str]) -> String {
     stdout
 }
 
-fn operator_json(dir: &std::path::Path, args: &[&str]) -> Value {
+fn operator_json(dir: &StoreDir, args: &[&str]) -> Value {
     let mut args = args.to_vec();
     args.push("--json");
     serde_json::from_str(&operator(dir, &args)).expect("--json prints JSON")
@@ -442,7 +443,7 @@ async fn dead_letters_retried_with_the_cli_while_the_gateway_is_stopped_reach_hu
     wait_for(&app, RecordStatus::Dead, 2).await;
     let dir = app.stop().await;
 
-    let listed = operator_json(dir.path(), &["records", "list", "--status", "dead"]);
+    let listed = operator_json(&dir, &["records", "list", "--status", "dead"]);
     let emails: Vec<&str> = listed["records"]
         .as_array()
         .unwrap()
@@ -450,14 +451,14 @@ async fn dead_letters_retried_with_the_cli_while_the_gateway_is_stopped_reach_hu
         .map(|r| r["email"].as_str().unwrap())
         .collect();
     assert_eq!(emails, ["a@example.com", "b@example.com"]);
-    let table = operator(dir.path(), &["records", "list", "--status", "dead"]);
+    let table = operator(&dir, &["records", "list", "--status", "dead"]);
     assert!(table.starts_with("ID"), "{table}");
     assert!(table.contains("a@example.com") && table.contains("RELAY_CREATE_CONTACTS=false"));
-    let status = operator_json(dir.path(), &["status"]);
+    let status = operator_json(&dir, &["status"]);
     assert_eq!(status["queue"]["dead"], 2, "{status}");
     assert_eq!(status["forwarding"]["state"], "unknown");
     assert_eq!(status["credential"]["mode"], "static");
-    let events = operator(dir.path(), &["events", "--event", "42"]);
+    let events = operator(&dir, &["events", "--event", "42"]);
     assert!(
         events.contains("attend") && events.contains("zoom-account-1"),
         "{events}"
@@ -467,16 +468,16 @@ async fn dead_letters_retried_with_the_cli_while_the_gateway_is_stopped_reach_hu
         .map(|email| hubspot.add_contact(email))
         .into();
     assert_eq!(
-        operator_json(dir.path(), &["records", "retry", "--dead", "--event", "42"]),
+        operator_json(&dir, &["records", "retry", "--dead", "--event", "42"]),
         json!({"records": 2, "deliveries": 0})
     );
     // Run again: nothing is dead any more, nothing changes.
     assert_eq!(
-        operator_json(dir.path(), &["records", "retry", "--dead"]),
+        operator_json(&dir, &["records", "retry", "--dead"]),
         json!({"records": 0, "deliveries": 0})
     );
     assert_eq!(
-        operator_json(dir.path(), &["records", "retry", "1"]),
+        operator_json(&dir, &["records", "retry", "1"]),
         json!([{"id": "1", "retried": false}])
     );
 

@@ -67,7 +67,7 @@ async fn replicas_share_one_queue_and_one_rate_limit() {
 }
 
 #[actix_web::test]
-async fn replicas_starting_together_refresh_the_credential_once() {
+async fn replicas_refresh_the_credential_once_for_the_deployment_at_start_and_near_expiry() {
     let Some(dir) = StoreDir::on_postgres() else {
         return;
     };
@@ -76,7 +76,8 @@ async fn replicas_starting_together_refresh_the_credential_once() {
             client_id: "client".into(),
             client_secret: "secret".into(),
             refresh_token: "refresh".into(),
-            expires_in_secs: 1800,
+            // Refreshed at half its life: 4 s in, every replica needs a new one.
+            expires_in_secs: 8,
         }),
         ..Options::default()
     })
@@ -94,30 +95,45 @@ async fn replicas_starting_together_refresh_the_credential_once() {
         replicas.push(spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &oauth).await);
     }
     // Each replica takes a join of its own webinar, so each needs a token at once.
-    let posts = replicas.iter().enumerate().map(|(i, replica)| {
-        let email = format!("r{i}@example.com");
-        hubspot.add_contact(&email);
-        async move {
-            let body = zoom_join(&format!("{}", 800 + i), &email, "2026-01-01T10:00:00Z");
-            replica.post_zoom(&body).await
-        }
-    });
-    futures_util::future::join_all(posts).await;
-    wait_until("every join is delivered", 30, async || {
-        hubspot.attendance().len() >= 3
-    })
-    .await;
+    let round = async |n: usize| {
+        let posts = replicas.iter().enumerate().map(|(i, replica)| {
+            let email = format!("r{n}-{i}@example.com");
+            hubspot.add_contact(&email);
+            async move {
+                let body = zoom_join(&format!("{}", 800 + i), &email, "2026-01-01T10:00:00Z");
+                replica.post_zoom(&body).await
+            }
+        });
+        futures_util::future::join_all(posts).await;
+        wait_until("every join is delivered", 30, async || {
+            hubspot.attendance().len() >= 3 * (n + 1)
+        })
+        .await;
+    };
+    round(0).await;
     assert_eq!(
         hubspot.token_requests().len(),
         1,
         "one refresh for the deployment, reused by every replica"
+    );
+    // The token nears its expiry: all three need a new one at once.
+    actix_web::rt::time::sleep(Duration::from_secs(5)).await;
+    round(1).await;
+    assert_eq!(
+        hubspot.token_requests().len(),
+        2,
+        "again one refresh for the deployment"
     );
     let creates = hubspot
         .calls()
         .into_iter()
         .filter(|c| c.operation == Operation::AttendanceCreate)
         .count();
-    assert_eq!(creates, 3);
+    assert_eq!(creates, 6);
+    assert!(
+        hubspot.calls().iter().all(|c| c.status != 401),
+        "no replica used an expired token"
+    );
 }
 
 /// Runs `sql` against the PostgreSQL server as its superuser.
