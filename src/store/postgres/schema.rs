@@ -112,7 +112,7 @@ BEGIN
     SELECT COUNT(*), MIN(COALESCE(answered_ms + window_ms, started_ms + lost_ms))
         INTO counted, frees_at FROM hubspot_calls;
     IF counted >= call_limit THEN
-        RETURN -GREATEST(LEAST(frees_at - now_ms, 1000), 10);
+        RETURN -GREATEST(LEAST(frees_at - now_ms, 100), 10);
     END IF;
     INSERT INTO hubspot_calls (started_ms) VALUES (now_ms) RETURNING id INTO admitted;
     RETURN admitted;
