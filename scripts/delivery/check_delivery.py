@@ -526,10 +526,12 @@ def dockerfile():
     for needed in ("!Cargo.toml", "!Cargo.lock", "!src/", "!demo/"):
         check(needed in ignore, f".dockerignore lets {needed[1:]} in")
     # The crate embeds files with include_str!: each must be inside the build context.
-    for inc in re.findall(r'include_(?:str|bytes)!\("([^"]+)"\)', "".join(p.read_text() for p in (ROOT / "src").rglob("*.rs"))):
-        top = Path(inc).parts
-        rel = [p for p in top if p != ".."]
-        check(rel and f"!{rel[0]}/" in ignore and f"COPY {rel[0]} " in text, f"included file {inc} is in the build context and copied")
+    for source in (ROOT / "src").rglob("*.rs"):
+        for inc in re.findall(r'include_(?:str|bytes)!\("([^"]+)"\)', source.read_text()):
+            # include_str! paths are relative to the file that names them.
+            top = os.path.relpath(os.path.normpath(source.parent / inc), ROOT).split(os.sep)[0]
+            check(f"!{top}/" in ignore and f"COPY {top} " in text,
+                  f"included file {inc} (in {source.relative_to(ROOT)}) is in the build context and copied")
 
 
 # ---------------------------------------------------------------- checkov
