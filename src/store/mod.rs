@@ -247,6 +247,10 @@ pub struct StoredCredential {
     pub refresh_token: Secret,
     pub access_token: Secret,
     pub expires_at_ms: i64,
+    /// When it was refreshed (epoch ms, the refreshing replica's clock, like
+    /// the expiry): with the expiry, the token's lifetime, so every replica
+    /// refreshes it at the same point.
+    pub refreshed_ms: i64,
 }
 
 /// A settlement as stored: the new status, due time and error of the record

@@ -53,25 +53,21 @@ pub struct OAuth {
     refreshing: tokio::sync::Mutex<()>,
 }
 
-/// The credential in use, and when this process received it (from the token
-/// endpoint or the store): with its expiry, that gives the token's lifetime.
+/// The credential in use.
 struct Held {
     credential: StoredCredential,
-    received_ms: i64,
 }
 
 impl Held {
     fn new(credential: StoredCredential) -> Self {
-        Self {
-            credential,
-            received_ms: now_ms(),
-        }
+        Self { credential }
     }
 
     /// When to refresh: [`REFRESH_AHEAD`] before expiry, or half the lifetime
-    /// before it if that is shorter.
+    /// before it if that is shorter — the lifetime it was issued with, not
+    /// what is left when this process took it up, so replicas agree.
     fn refresh_at_ms(&self) -> i64 {
-        let lifetime = self.credential.expires_at_ms - self.received_ms;
+        let lifetime = self.credential.expires_at_ms - self.credential.refreshed_ms;
         let ahead = (REFRESH_AHEAD.as_millis() as i64).min(lifetime / 2);
         self.credential.expires_at_ms - ahead
     }
@@ -266,6 +262,7 @@ impl OAuth {
             refresh_token: answer.refresh_token.map_or(refresh_token, Secret::from),
             access_token: Secret::from(answer.access_token),
             expires_at_ms: now_ms() + answer.expires_in.max(0) * 1000,
+            refreshed_ms: now_ms(),
         };
         let token = credential.access_token.clone();
         self.metrics.set_token_expiry(credential.expires_at_ms);
@@ -425,8 +422,8 @@ mod tests {
                 refresh_token: Secret::from(String::new()),
                 access_token: Secret::from(String::new()),
                 expires_at_ms: 1_000_000 + lifetime_ms,
+                refreshed_ms: 1_000_000,
             },
-            received_ms: 1_000_000,
         };
         assert_eq!(held(5_000).refresh_at_ms(), 1_002_500);
         assert_eq!(held(1_800_000).refresh_at_ms(), 1_000_000 + 1_500_000);

@@ -67,7 +67,7 @@ async fn replicas_share_one_queue_and_one_rate_limit() {
 }
 
 #[actix_web::test]
-async fn replicas_starting_together_refresh_the_credential_once() {
+async fn replicas_refresh_the_credential_once_for_the_deployment_at_start_and_near_expiry() {
     let Some(dir) = StoreDir::on_postgres() else {
         return;
     };
@@ -76,7 +76,8 @@ async fn replicas_starting_together_refresh_the_credential_once() {
             client_id: "client".into(),
             client_secret: "secret".into(),
             refresh_token: "refresh".into(),
-            expires_in_secs: 1800,
+            // Refreshed at half its life: 4 s in, every replica needs a new one.
+            expires_in_secs: 8,
         }),
         ..Options::default()
     })
@@ -115,8 +116,15 @@ async fn replicas_starting_together_refresh_the_credential_once() {
         1,
         "one refresh for the deployment, reused by every replica"
     );
+    // The token nears its expiry: every replica needs a new one, whenever
+    // it took the stored one up.
+    actix_web::rt::time::sleep(Duration::from_secs(5)).await;
     round(1).await;
-    assert_eq!(hubspot.token_requests().len(), 1, "and it lasts");
+    assert_eq!(
+        hubspot.token_requests().len(),
+        2,
+        "again one refresh for the deployment"
+    );
     let creates = hubspot
         .calls()
         .into_iter()

@@ -523,6 +523,7 @@ async fn credentials(store: &dyn Store) {
         refresh_token: Secret::from("refresh-1".to_owned()),
         access_token: Secret::from("access-1".to_owned()),
         expires_at_ms: 1_000,
+        refreshed_ms: 500,
     };
     store
         .save_credential("hubspot-oauth:app", &credential)
@@ -530,6 +531,7 @@ async fn credentials(store: &dyn Store) {
         .unwrap();
     credential.access_token = Secret::from("access-2".to_owned());
     credential.expires_at_ms = 2_000;
+    credential.refreshed_ms = 1_500;
     store
         .save_credential("hubspot-oauth:app", &credential)
         .await
@@ -544,9 +546,10 @@ async fn credentials(store: &dyn Store) {
             loaded.origin.as_str(),
             loaded.refresh_token.expose(),
             loaded.access_token.expose(),
-            loaded.expires_at_ms
+            loaded.expires_at_ms,
+            loaded.refreshed_ms
         ),
-        ("install-1", "refresh-1", "access-2", 2_000)
+        ("install-1", "refresh-1", "access-2", 2_000, 1_500)
     );
     assert!(
         !format!("{loaded:?}").contains("access-2"),

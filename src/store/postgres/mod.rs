@@ -992,8 +992,8 @@ impl Store for PostgresStore {
         self.with(move |client| async move {
             let row = client
                 .query_opt(
-                    "SELECT origin, refresh_token, access_token, expires_at_ms FROM credentials
-                     WHERE key = $1",
+                    "SELECT origin, refresh_token, access_token, expires_at_ms, updated_ms
+                     FROM credentials WHERE key = $1",
                     &[&key],
                 )
                 .await
@@ -1003,6 +1003,7 @@ impl Store for PostgresStore {
                 refresh_token: Secret::from(row.get::<_, String>(1)),
                 access_token: Secret::from(row.get::<_, String>(2)),
                 expires_at_ms: row.get(3),
+                refreshed_ms: row.get(4),
             }))
         })
         .await
@@ -1019,7 +1020,7 @@ impl Store for PostgresStore {
             client
                 .execute(
                     "INSERT INTO credentials (key, origin, refresh_token, access_token, expires_at_ms, updated_ms)
-                     VALUES ($1, $2, $3, $4, $5, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                     VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT (key) DO UPDATE SET origin = EXCLUDED.origin,
                          refresh_token = EXCLUDED.refresh_token, access_token = EXCLUDED.access_token,
                          expires_at_ms = EXCLUDED.expires_at_ms, updated_ms = EXCLUDED.updated_ms",
@@ -1029,6 +1030,7 @@ impl Store for PostgresStore {
                         &credential.refresh_token.expose(),
                         &credential.access_token.expose(),
                         &credential.expires_at_ms,
+                        &credential.refreshed_ms,
                     ],
                 )
                 .await

@@ -425,8 +425,8 @@ impl Store for SqliteStore {
         let key = key.to_owned();
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT origin, refresh_token, access_token, expires_at_ms FROM credentials
-                 WHERE key = ?1",
+                "SELECT origin, refresh_token, access_token, expires_at_ms, updated_ms
+                 FROM credentials WHERE key = ?1",
             )
             .and_then(|mut select| {
                 select
@@ -436,6 +436,7 @@ impl Store for SqliteStore {
                             refresh_token: Secret::from(row.get::<_, String>(1)?),
                             access_token: Secret::from(row.get::<_, String>(2)?),
                             expires_at_ms: row.get(3)?,
+                            refreshed_ms: row.get(4)?,
                         })
                     })
                     .optional()
@@ -452,7 +453,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let key = key.to_owned();
         let credential = credential.clone();
-        self.write(move |conn, now| {
+        self.write(move |conn, _| {
             conn.prepare_cached(
                 "INSERT INTO credentials (key, origin, refresh_token, access_token, expires_at_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -467,7 +468,7 @@ impl Store for SqliteStore {
                     credential.refresh_token.expose(),
                     credential.access_token.expose(),
                     credential.expires_at_ms,
-                    now,
+                    credential.refreshed_ms,
                 ])
             })
             .map(drop)
