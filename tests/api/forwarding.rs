@@ -241,13 +241,7 @@ async fn a_burst_never_exceeds_the_rate_limit() {
         0,
         "HubSpot never had to refuse a call"
     );
-    for (i, call) in calls.iter().enumerate() {
-        let in_window = calls[i..]
-            .iter()
-            .filter(|c| c.at < call.at + Duration::from_secs(10))
-            .count();
-        assert!(in_window <= 4, "{in_window} calls within 10 s");
-    }
+    crate::helpers::assert_within_limit(&calls, 4);
 }
 
 #[actix_web::test]

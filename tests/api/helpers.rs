@@ -479,3 +479,17 @@ impl TestApp {
         body
     }
 }
+
+/// No 10 seconds of calls as HubSpot received them hold more than `limit`.
+pub fn assert_within_limit(calls: &[attendance_relay::demo::simulator::Call], limit: usize) {
+    for (i, call) in calls.iter().enumerate() {
+        let in_window = calls[i..]
+            .iter()
+            .filter(|c| c.at < call.at + Duration::from_secs(10))
+            .count();
+        assert!(
+            in_window <= limit,
+            "{in_window} calls within 10 s, limit {limit}"
+        );
+    }
+}

@@ -53,16 +53,7 @@ async fn replicas_share_one_queue_and_one_rate_limit() {
     );
     assert_eq!(hubspot.rate_limited(), 0, "no call beyond HubSpot's limit");
     let calls = hubspot.calls();
-    for (i, call) in calls.iter().enumerate() {
-        let in_window = calls[i..]
-            .iter()
-            .filter(|c| c.at < call.at + Duration::from_secs(10))
-            .count();
-        assert!(
-            in_window <= 6,
-            "{in_window} calls of the deployment within 10 s"
-        );
-    }
+    crate::helpers::assert_within_limit(&calls, 6);
     assert!(calls.len() > 6, "the load needed more than one window");
 }
 
@@ -279,16 +270,7 @@ async fn three_processes_lose_nothing_when_one_is_killed_and_stay_within_the_lim
     }
     assert_eq!(hubspot.rate_limited(), 0, "no call beyond HubSpot's limit");
     let calls = hubspot.calls();
-    for (i, call) in calls.iter().enumerate() {
-        let in_window = calls[i..]
-            .iter()
-            .filter(|c| c.at < call.at + Duration::from_secs(10))
-            .count();
-        assert!(
-            in_window <= 20,
-            "{in_window} calls of the deployment within 10 s"
-        );
-    }
+    crate::helpers::assert_within_limit(&calls, 20);
     for mut gateway in gateways.into_iter().skip(1) {
         gateway.child.kill().unwrap();
         gateway.child.wait().unwrap();
