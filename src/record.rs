@@ -90,6 +90,20 @@ impl NewRecord {
         }
     }
 
+    /// Whether the store must look up the open join this leave closes.
+    pub fn wants_join(&self) -> bool {
+        self.closes_session && !self.email.is_empty()
+    }
+
+    /// This leave closes the session that opened at `joined_ms`: it carries
+    /// that join's time, as HubSpot counts a session from its `joinedAt`.
+    pub fn close_session(&mut self, joined_ms: i64) {
+        if let Some(joined_at) = format_utc(joined_ms) {
+            self.interaction_ms = joined_ms;
+            self.properties.insert("joinedAt".to_owned(), joined_at);
+        }
+    }
+
     /// A record needs an email or a contact id to reach a HubSpot contact.
     pub fn is_mappable(&self) -> bool {
         self.vid.is_some() || !self.email.is_empty()

@@ -29,7 +29,7 @@ use super::{
     lease_token, plan::ClaimPlan,
 };
 use crate::{
-    record::{Delivery, EventInfo, NewRecord, State, format_utc},
+    record::{Delivery, EventInfo, NewRecord, State},
     settings::Secret,
 };
 
@@ -376,7 +376,7 @@ async fn insert_records(
     let mut fresh = Vec::with_capacity(records.len());
     for record in records {
         let mut record = record.clone();
-        if record.closes_session && !record.email.is_empty() {
+        if record.wants_join() {
             let joined: Option<i64> = tx
                 .query_one(
                     "SELECT MAX(interaction_ms) FROM records
@@ -395,9 +395,8 @@ async fn insert_records(
                 .await
                 .map_err(pg_error)?
                 .get(0);
-            if let Some((ms, at)) = joined.and_then(|ms| Some((ms, format_utc(ms)?))) {
-                record.interaction_ms = ms;
-                record.properties.insert("joinedAt".to_owned(), at);
+            if let Some(joined_ms) = joined {
+                record.close_session(joined_ms);
             }
         }
         let group = group_id(tx, &record).await?;

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::sql_error;
 use crate::{
-    record::{Delivery, EventInfo, GroupKey, NewRecord, State, format_utc},
+    record::{Delivery, EventInfo, GroupKey, NewRecord, State},
     store::{
         ClaimRequest, Claimed, ClaimedBatch, DeferredDelivery, FetchOutcome, IngestOutcome,
         QueueStats, RecordStatus, Settlement, StoreError, StoredRecord, duration_ms, lease_token,
@@ -108,12 +108,10 @@ pub fn insert_records(
         .iter()
         .map(|record| {
             let mut record = record.clone();
-            if record.closes_session && !record.email.is_empty() {
-                let joined = open_join(conn, source, &record)?;
-                if let Some(joined) = joined.and_then(|ms| Some((ms, format_utc(ms)?))) {
-                    record.interaction_ms = joined.0;
-                    record.properties.insert("joinedAt".to_owned(), joined.1);
-                }
+            if record.wants_join()
+                && let Some(joined_ms) = open_join(conn, source, &record)?
+            {
+                record.close_session(joined_ms);
             }
             let group = group_id(conn, &record.group())?;
             let properties =
