@@ -310,6 +310,7 @@ fn forwarder_from(
         max_record_age: Duration::from_secs(settings.max_record_age_secs),
         create_contacts: settings.create_contacts,
         upsert_events: settings.upsert_events,
+        complete_delay: Duration::from_secs(settings.complete_delay_secs),
     };
     Ok(Forwarder::new(store, hubspot, config, metrics, wake))
 }

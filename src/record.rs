@@ -6,23 +6,29 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// HubSpot's `subscriberState` path segment.
+/// What a record tells HubSpot: a contact's `subscriberState` (the path
+/// segment of its attendance `create`), or that the event is over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Register,
     Attend,
     Cancel,
+    /// Event-level: complete the marketing event, so HubSpot computes each
+    /// attendee's duration. Forwarded on its own, once the attendance it
+    /// covers is settled (see [`NewRecord::completion`]).
+    Complete,
 }
 
 impl State {
-    pub const ALL: [State; 3] = [State::Register, State::Attend, State::Cancel];
+    pub const ALL: [State; 4] = [State::Register, State::Attend, State::Cancel, State::Complete];
 
     pub fn as_str(self) -> &'static str {
         match self {
             State::Register => "register",
             State::Attend => "attend",
             State::Cancel => "cancel",
+            State::Complete => "complete",
         }
     }
 
@@ -104,9 +110,45 @@ impl NewRecord {
         }
     }
 
-    /// A record needs an email or a contact id to reach a HubSpot contact.
+    /// The end of an event, `start_ms` to `end_ms`: the event is to be
+    /// completed with those times. `None` for an instant outside the years 0
+    /// to 9999.
+    pub fn completion(
+        external_account_id: String,
+        external_event_id: String,
+        name: Option<String>,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Option<Self> {
+        let (start, end) = (format_utc(start_ms)?, format_utc(end_ms)?);
+        Some(Self {
+            state: State::Complete,
+            email: String::new(),
+            first_name: None,
+            last_name: None,
+            vid: None,
+            external_event_id,
+            external_account_id,
+            interaction_ms: end_ms,
+            properties: BTreeMap::from([
+                ("startDateTime".to_owned(), start.clone()),
+                ("endDateTime".to_owned(), end.clone()),
+            ]),
+            event: Some(EventInfo {
+                name,
+                start: Some(start),
+                end: Some(end),
+            }),
+            sender_id: None,
+            participant: None,
+            closes_session: false,
+        })
+    }
+
+    /// A record needs an email or a contact id to reach a HubSpot contact;
+    /// a completion needs neither.
     pub fn is_mappable(&self) -> bool {
-        self.vid.is_some() || !self.email.is_empty()
+        self.state == State::Complete || self.vid.is_some() || !self.email.is_empty()
     }
 
     /// Identity of the record across deliveries: the sender's id within its

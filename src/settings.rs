@@ -132,6 +132,11 @@ settings! {
     /// when false their records become dead letters.
     upsert_events: bool = "RELAY_UPSERT_EVENTS", default "false", form "true or false";
 
+    /// Wait after a webinar's end (for late leaves) before completing its
+    /// marketing event, so HubSpot computes durations from every session.
+    complete_delay_secs: u64 = "RELAY_COMPLETE_DELAY_SECS", default "600",
+        form "a whole number of seconds";
+
     /// Log lines as human-readable text or as JSON objects; the level comes
     /// from `RUST_LOG` (default `info`).
     log_format: LogFormat = "RELAY_LOG_FORMAT", default "text", form "text or json";

@@ -1,4 +1,4 @@
-//! A HubSpot API simulator on loopback: the four endpoints the gateway calls,
+//! A HubSpot API simulator on loopback: the five endpoints the gateway calls,
 //! HubSpot's rate-limit headers, injectable faults, and a record of every
 //! call for the tests to inspect.
 //!
@@ -55,6 +55,17 @@ pub struct Attendance {
     pub vid: i64,
     pub interaction_ms: i64,
     pub properties: BTreeMap<String, String>,
+}
+
+/// A marketing event as the simulator holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MarketingEvent {
+    pub name: Option<String>,
+    pub organizer: Option<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    /// Times it was completed.
+    pub completions: u32,
 }
 
 /// An answer to give instead of the normal behaviour, once.
@@ -237,6 +248,10 @@ impl Simulator {
                     "/marketing/marketing-events/2026-03/events/upsert",
                     endpoint(Operation::EventsUpsert, State::events_upsert),
                 )
+                .route(
+                    "/marketing/marketing-events/2026-03/events/{externalEventId}/complete",
+                    web::post().to(events_complete),
+                )
                 .route("/oauth/2026-03/token", web::post().to(token))
         })
         .workers(1)
@@ -277,6 +292,12 @@ impl Simulator {
 
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
+    }
+
+    /// The marketing event (externalAccountId, externalEventId), if it exists.
+    pub fn event(&self, account: &str, event: &str) -> Option<MarketingEvent> {
+        let key = (account.to_owned(), event.to_owned());
+        self.lock().events.get(&key).map(|e| e.public.clone())
     }
 
     pub fn attendance(&self) -> Vec<Attendance> {
@@ -363,6 +384,7 @@ impl Contact {
 struct Event {
     id: i64,
     created_at: String,
+    public: MarketingEvent,
 }
 
 struct State {
@@ -499,7 +521,7 @@ impl State {
         (id, new)
     }
 
-    fn upsert_event(&mut self, key: (String, String)) -> &Event {
+    fn upsert_event(&mut self, key: (String, String)) -> &mut Event {
         let next_id = &mut self.next_event_id;
         self.events.entry(key).or_insert_with(|| {
             let id = *next_id;
@@ -507,6 +529,7 @@ impl State {
             Event {
                 id,
                 created_at: now_rfc3339(),
+                public: MarketingEvent::default(),
             }
         })
     }
@@ -655,6 +678,10 @@ impl State {
         let mut results = Vec::new();
         for event in input.inputs {
             let stored = self.upsert_event((event.external_account_id, event.external_event_id));
+            stored.public.name = Some(event.event_name.clone());
+            stored.public.organizer = Some(event.event_organizer.clone());
+            stored.public.start.clone_from(&event.start_date_time);
+            stored.public.end.clone_from(&event.end_date_time);
             // A `MarketingEventPublicDefaultResponse`: it has no external ids,
             // so results match inputs by position.
             let mut result = json!({
@@ -675,6 +702,53 @@ impl State {
             results.push(result);
         }
         Ok((StatusCode::OK, batch(&started_at, results, Vec::new())))
+    }
+
+    fn events_complete(&mut self, account: Option<&str>, event: &str, body: Value) -> Result<Reply, Reply> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Input {
+            start_date_time: String,
+            end_date_time: String,
+        }
+
+        let Some(account) = account else {
+            let reply = error_body("VALIDATION_ERROR", "externalAccountId is required");
+            return Err((StatusCode::BAD_REQUEST, reply));
+        };
+        let input: Input = parse(body)?;
+        for time in [&input.start_date_time, &input.end_date_time] {
+            if OffsetDateTime::parse(time, &Rfc3339).is_err() {
+                let reply = error_body("VALIDATION_ERROR", format!("{time:?} is not a date-time"));
+                return Err((StatusCode::BAD_REQUEST, reply));
+            }
+        }
+        let key = (account.to_owned(), event.to_owned());
+        if !self.every_event_exists && !self.events.contains_key(&key) {
+            return Err((
+                StatusCode::NOT_FOUND,
+                error_body(
+                    "OBJECT_NOT_FOUND",
+                    format!("Marketing event {event} of account {account} not found"),
+                ),
+            ));
+        }
+        let stored = self.upsert_event(key);
+        stored.public.start = Some(input.start_date_time);
+        stored.public.end = Some(input.end_date_time);
+        stored.public.completions += 1;
+        // A `MarketingEventDefaultResponse`.
+        let public = &stored.public;
+        let reply = json!({
+            "objectId": stored.id.to_string(),
+            "eventName": public.name.as_deref().unwrap_or(event),
+            "eventOrganizer": public.organizer.as_deref().unwrap_or_default(),
+            "customProperties": [],
+            "startDateTime": public.start,
+            "endDateTime": public.end,
+            "eventCompleted": true,
+        });
+        Ok((StatusCode::OK, reply))
     }
 }
 
@@ -711,6 +785,31 @@ async fn attendance_create(
         &req,
         &body,
         |state, body| state.attendance_create(&account, &event, &subscriber_state, body),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct CompleteQuery {
+    #[serde(rename = "externalAccountId")]
+    external_account_id: Option<String>,
+}
+
+async fn events_complete(
+    req: HttpRequest,
+    body: Bytes,
+    state: web::Data<Mutex<State>>,
+    path: web::Path<String>,
+    query: web::Query<CompleteQuery>,
+) -> HttpResponse {
+    let event = path.into_inner();
+    let account = query.into_inner().external_account_id;
+    serve(
+        &state,
+        Operation::EventsComplete,
+        &req,
+        &body,
+        |state, body| state.events_complete(account.as_deref(), &event, body),
     )
     .await
 }

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     hubspot::{CallError, CreateOutcome, Subscriber, named_inputs},
-    record::{GroupKey, State, now_ms},
+    record::{EventInfo, GroupKey, State, now_ms},
     retry,
     store::{ClaimedBatch, Settlement, StoredRecord},
 };
@@ -19,7 +19,7 @@ type Sendable = (i64, StoredRecord);
 
 /// The one retry delay of a batch: drawn when its first record has to wait.
 #[derive(Default)]
-struct BatchDelay(Option<Duration>);
+pub(super) struct BatchDelay(Option<Duration>);
 
 impl Shared {
     /// Sends the batch (renewing its lease while that takes) and settles it.
@@ -48,6 +48,9 @@ impl Shared {
     /// Every record's settlement, and the reason when forwarding must pause.
     async fn send(&self, batch: ClaimedBatch) -> (Vec<(StoredRecord, Settlement)>, Option<String>) {
         let ClaimedBatch { group, records, .. } = batch;
+        if group.state == State::Complete {
+            return self.complete(records).await;
+        }
         let wanted: Vec<Wanted> = records
             .iter()
             .filter(|r| r.record.vid.is_none())
@@ -154,25 +157,45 @@ impl Shared {
             .collect()
     }
 
-    /// One `create` call; a 404 for the event creates it (once for all
-    /// groups of the event) when allowed, then sends again.
+    /// One `create` call, for an event HubSpot may not know yet.
     async fn create(
         &self,
         group: &GroupKey,
         chunk: &[Sendable],
     ) -> Result<CreateOutcome, CallError> {
-        match self.create_once(group, chunk).await {
+        let (account, event) = (&group.external_account_id, &group.external_event_id);
+        let (_, first) = chunk.first().expect("a piece is never empty");
+        let info = chunk
+            .iter()
+            .find_map(|(_, stored)| stored.record.event.clone())
+            .unwrap_or_default();
+        let call = async || self.create_once(group, chunk).await;
+        self.for_event(account, event, &info, &first.source, call)
+            .await
+    }
+
+    /// A call about one event; a 404 for the event creates it (once for all
+    /// groups of the event) from `info` when allowed, then calls again.
+    pub(super) async fn for_event<T>(
+        &self,
+        account: &str,
+        event: &str,
+        info: &EventInfo,
+        source: &str,
+        call: impl AsyncFn() -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        match call().await {
             Err(CallError::Rejected {
                 status: 404,
                 message,
                 ..
             }) => {
-                self.ensure_event(group, chunk, &message).await?;
-                self.create_once(group, chunk).await.map_err(|err| match err {
+                self.ensure_event(account, event, info, source, &message)
+                    .await?;
+                call().await.map_err(|err| match err {
                     CallError::Rejected { status: 404, .. } => CallError::Transient {
                         reason: format!(
-                            "HubSpot still has no marketing event {} after creating it ({message})",
-                            group.external_event_id
+                            "HubSpot still has no marketing event {event} after creating it ({message})"
                         ),
                         retry_after: None,
                     },
@@ -211,11 +234,12 @@ impl Shared {
     /// told us, unless that is switched off (then the refusal stands).
     async fn ensure_event(
         &self,
-        group: &GroupKey,
-        chunk: &[Sendable],
+        account: &str,
+        event: &str,
+        info: &EventInfo,
+        source: &str,
         message: &str,
     ) -> Result<(), CallError> {
-        let (account, event) = (&group.external_account_id, &group.external_event_id);
         if !self.config.upsert_events {
             return Err(CallError::Rejected {
                 status: 404,
@@ -229,22 +253,15 @@ impl Shared {
         let once = self
             .events
             .borrow_mut()
-            .entry((account.clone(), event.clone()))
+            .entry((account.to_owned(), event.to_owned()))
             .or_default()
             .clone();
         let mut created = once.lock().await;
         if *created {
             return Ok(());
         }
-        let info = chunk
-            .iter()
-            .find_map(|(_, stored)| stored.record.event.clone())
-            .unwrap_or_default();
-        let organizer = chunk
-            .first()
-            .map_or("attendance-relay", |(_, stored)| stored.source.as_str());
         self.hubspot
-            .upsert_event(account, event, &organizer_name(organizer), &info)
+            .upsert_event(account, event, &organizer_name(source), info)
             .await?;
         *created = true;
         tracing::info!(%account, %event, "created the marketing event in HubSpot");
@@ -266,7 +283,12 @@ impl Shared {
         }
     }
 
-    fn settlement(&self, stored: &StoredRecord, fate: Fate, delay: &mut BatchDelay) -> Settlement {
+    pub(super) fn settlement(
+        &self,
+        stored: &StoredRecord,
+        fate: Fate,
+        delay: &mut BatchDelay,
+    ) -> Settlement {
         match fate {
             Fate::Dead(reason) => Settlement::Dead { reason },
             Fate::Paused(_) => Settlement::Release,
@@ -304,7 +326,7 @@ impl Shared {
 
     /// A call succeeded: if calls were failing, what waits out a backoff is
     /// due now.
-    async fn healthy(&self) {
+    pub(super) async fn healthy(&self) {
         if self.health.failures.replace(0) == 0 {
             return;
         }

@@ -6,12 +6,16 @@
 //! answered, so a crash mid-call means the batch is sent again once its lease
 //! runs out (HubSpot's create is idempotent for the same contact and time).
 //!
+//! When an event ends, its completion travels the same way as a batch of
+//! its own, once the store says the attendance before it is settled.
+//!
 //! Retry timing belongs to the batch and follows HubSpot's health: a failed
 //! batch gets one next-attempt time, drawn from how many calls in a row have
 //! failed, and when calls succeed again every record waiting out a backoff is
 //! due at once.
 
 mod batch;
+mod complete;
 mod contacts;
 mod isolate;
 
@@ -29,7 +33,7 @@ use tokio::sync::Notify;
 use crate::{
     hubspot::{CallError, HubSpotClient},
     metrics::Metrics,
-    store::{ClaimRequest, Store},
+    store::{ClaimRequest, ClaimedBatch, CompletionClaim, Store},
 };
 use contacts::Contacts;
 
@@ -53,6 +57,8 @@ pub struct Config {
     pub max_record_age: Duration,
     pub create_contacts: bool,
     pub upsert_events: bool,
+    /// Wait after an event's end for late leaves before completing it.
+    pub complete_delay: Duration,
 }
 
 /// What is to become of records that did not get through.
@@ -80,6 +86,24 @@ impl From<CallError> for Fate {
             CallError::Credential(reason) => Fate::Paused(reason),
             CallError::Rejected { .. } => Fate::Dead(err.to_string()),
         }
+    }
+}
+
+impl Shared {
+    /// Completions that are due, at most `max`.
+    async fn completions(&self, max: usize) -> Vec<ClaimedBatch> {
+        let request = CompletionClaim {
+            max,
+            grace: self.config.complete_delay,
+            lease: LEASE,
+        };
+        self.store
+            .claim_completions(&request)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::error!(error = %err, "forwarding cannot use the store");
+                Vec::new()
+            })
     }
 }
 
@@ -163,8 +187,14 @@ impl Forwarder {
                 };
                 match shared.store.claim(&request).await {
                     Ok(claimed) => {
-                        let taken = claimed.batches.len();
-                        for batch in claimed.batches {
+                        let mut taken = claimed.batches.len();
+                        let mut batches = claimed.batches;
+                        if taken < room {
+                            let completions = shared.completions(room - taken).await;
+                            taken += completions.len();
+                            batches.extend(completions);
+                        }
+                        for batch in batches {
                             let shared = Rc::clone(&shared);
                             in_flight.push(actix_web::rt::spawn(async move {
                                 shared.forward(batch).await

@@ -229,6 +229,26 @@ impl HubSpotClient {
         .map(drop)
     }
 
+    /// Completes the marketing event: HubSpot then computes each attendee's
+    /// duration from the sessions it was sent.
+    pub async fn complete_event(
+        &self,
+        external_account_id: &str,
+        external_event_id: &str,
+        start: &str,
+        end: &str,
+    ) -> Result<(), CallError> {
+        let path = format!(
+            "/marketing/marketing-events/2026-03/events/{}/complete?externalAccountId={}",
+            encode(external_event_id),
+            encode(external_account_id),
+        );
+        let body = json!({ "startDateTime": start, "endDateTime": end });
+        self.call(Operation::EventsComplete, &path, &body)
+            .await
+            .map(drop)
+    }
+
     /// One call: rate limit, credential (one retry after a refresh on 401),
     /// metrics, and the answer sorted into body or [`CallError`].
     async fn call(

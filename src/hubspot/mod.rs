@@ -12,14 +12,16 @@ pub enum Operation {
     ContactsUpsert,
     AttendanceCreate,
     EventsUpsert,
+    EventsComplete,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 5] = [
         Operation::ContactsRead,
         Operation::ContactsUpsert,
         Operation::AttendanceCreate,
         Operation::EventsUpsert,
+        Operation::EventsComplete,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -28,6 +30,7 @@ impl Operation {
             Operation::ContactsUpsert => "contacts_upsert",
             Operation::AttendanceCreate => "attendance_create",
             Operation::EventsUpsert => "events_upsert",
+            Operation::EventsComplete => "complete",
         }
     }
 }

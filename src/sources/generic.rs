@@ -27,6 +27,9 @@ const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
 /// rather than becoming a dead letter later.
 const ATTEND_PROPERTIES: [&str; 2] = ["joinedAt", "leftAt"];
 
+/// The `type` of an item that reports an event's end instead of attendance.
+const COMPLETED: &str = "event.completed";
+
 /// Times must fall in 2000..2100 (epoch milliseconds): outside it is a unit
 /// mistake, such as epoch seconds, which read as milliseconds land in 1970.
 const TIMES: std::ops::Range<i64> = 946_684_800_000..4_102_444_800_000;
@@ -311,7 +314,7 @@ impl Generic {
 
     fn record(&self, fields: &Map<String, Value>, at: &str) -> Result<NewRecord, Rejection> {
         let field = Fields { fields, at };
-        let sender_id = field.id("id")?.ok_or_else(|| field.missing("id"))?;
+        let sender_id = field.id("id")?;
         let external_event_id = field
             .id("externalEventId")?
             .ok_or_else(|| field.missing("externalEventId"))?;
@@ -325,8 +328,16 @@ impl Generic {
                 )
             })?,
         };
+        if let Some(kind) = field.text("type")? {
+            if kind != COMPLETED {
+                return Err(invalid(at, "type", &format!("expected {COMPLETED}")));
+            }
+            return field.completion(external_account_id, external_event_id, sender_id);
+        }
+        let sender_id = sender_id.ok_or_else(|| field.missing("id"))?;
         let state = field.text("state")?.ok_or_else(|| field.missing("state"))?;
         let state = State::parse(&state)
+            .filter(|state| *state != State::Complete)
             .ok_or_else(|| invalid(at, "state", "expected register, attend or cancel"))?;
         let email = field.text("email")?.map(|email| normalize_email(&email));
         if email.as_ref().is_some_and(|email| !email.contains('@')) {
@@ -407,6 +418,36 @@ impl Fields<'_> {
         vid.filter(|vid| *vid > 0).map(Some).ok_or_else(|| {
             self.invalid("vid", "expected a HubSpot contact id (a positive integer)")
         })
+    }
+
+    /// An `event.completed` item: the event ran from `startDateTime` to
+    /// `endDateTime`. Its `id`, where given, is its identity like a record's.
+    fn completion(
+        &self,
+        external_account_id: String,
+        external_event_id: String,
+        sender_id: Option<String>,
+    ) -> Result<NewRecord, Rejection> {
+        let time = |name: &str| {
+            let text = self.text(name)?.ok_or_else(|| self.missing(name))?;
+            timestamp(&text).ok_or_else(|| {
+                self.invalid(name, "expected an RFC 3339 timestamp, from 2000 to 2099")
+            })
+        };
+        let (start_ms, end_ms) = (time("startDateTime")?, time("endDateTime")?);
+        if end_ms < start_ms {
+            return Err(self.invalid("endDateTime", "before startDateTime"));
+        }
+        let mut completion = NewRecord::completion(
+            external_account_id,
+            external_event_id,
+            self.text("eventName")?,
+            start_ms,
+            end_ms,
+        )
+        .expect("times within TIMES format");
+        completion.sender_id = sender_id;
+        Ok(completion)
     }
 
     fn occurred_at(&self) -> Result<i64, Rejection> {

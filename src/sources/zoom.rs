@@ -1,5 +1,6 @@
 //! Zoom meeting and webinar webhooks: `x-zm-signature` verification, the
-//! `endpoint.url_validation` handshake, and registration / participant mapping.
+//! `endpoint.url_validation` handshake, and registration / participant / end
+//! mapping.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +53,11 @@ struct Object {
     start_time: Option<String>,
     /// Minutes.
     duration: Option<i64>,
+    /// When it ended (`*.ended` only).
+    end_time: Option<String>,
+    /// A webinar's practice session ended, not the webinar.
+    #[serde(default)]
+    practice_session: bool,
     registrant: Option<Registrant>,
     participant: Option<Participant>,
 }
@@ -61,6 +67,15 @@ struct Object {
 enum Id {
     Number(i64),
     Text(String),
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Id::Number(n) => n.fmt(f),
+            Id::Text(s) => s.fmt(f),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -93,6 +108,7 @@ enum Action {
     Cancel,
     Joined,
     Left,
+    Ended,
 }
 
 impl Zoom {
@@ -197,10 +213,7 @@ impl Zoom {
             first_name: None,
             last_name: None,
             vid: None,
-            external_event_id: match &object.id {
-                Id::Number(n) => n.to_string(),
-                Id::Text(s) => s.clone(),
-            },
+            external_event_id: object.id.to_string(),
             external_account_id,
             interaction_ms: 0,
             properties: BTreeMap::new(),
@@ -211,6 +224,7 @@ impl Zoom {
         };
 
         match action {
+            Action::Ended => return ended(record.external_account_id, object, event_time),
             Action::Register | Action::Cancel => {
                 let registrant = object.registrant.ok_or_else(|| {
                     Rejection::Invalid("payload.object.registrant is missing".into())
@@ -275,8 +289,48 @@ fn action_of(event: &str) -> Option<Action> {
         "registration_cancelled" | "registration_denied" => Some(Action::Cancel),
         "participant_joined" => Some(Action::Joined),
         "participant_left" => Some(Action::Left),
+        "ended" => Some(Action::Ended),
         _ => None,
     }
+}
+
+/// `*.ended`: the event is to be completed with the start and end Zoom gives
+/// (the end defaults to when Zoom sent it).
+fn ended(
+    external_account_id: String,
+    object: Object,
+    event_time: impl Fn() -> Result<i64, Rejection>,
+) -> Result<Inbound, Rejection> {
+    if object.practice_session {
+        return Ok(Inbound::Ignored);
+    }
+    let time = |name: &str, at: Option<&str>| match at {
+        Some(at) => parse_rfc3339_ms(at).ok_or_else(|| {
+            Rejection::Invalid(format!("payload.object.{name} {at:?} is not RFC 3339"))
+        }),
+        None => Err(Rejection::Invalid(format!(
+            "payload.object.{name} is missing"
+        ))),
+    };
+    let start_ms = time("start_time", object.start_time.as_deref())?;
+    let end_ms = match object.end_time.as_deref() {
+        Some(at) => time("end_time", Some(at))?,
+        None => event_time()?,
+    };
+    if end_ms < start_ms {
+        return Err(Rejection::Invalid(
+            "payload.object.end_time is before start_time".into(),
+        ));
+    }
+    let completion = NewRecord::completion(
+        external_account_id,
+        object.id.to_string(),
+        object.topic,
+        start_ms,
+        end_ms,
+    )
+    .ok_or_else(|| Rejection::Invalid("payload.object times are out of range".into()))?;
+    Ok(Inbound::Records(vec![completion]))
 }
 
 fn event_info(object: &Object) -> EventInfo {
@@ -411,6 +465,31 @@ mod tests {
         };
         assert!(records[0].closes_session);
         assert_eq!(records[0].properties["leftAt"], "2026-01-01T11:00:00Z");
+    }
+
+    #[test]
+    fn an_end_completes_the_event_with_zoom_s_start_and_end() {
+        let body = br#"{"event":"webinar.ended","event_ts":1626230691572,"payload":{"account_id":"AAAAAABBBB","object":{"id":"1234567890","uuid":"4444AAAiAAAAAiAiAiiAii==","host_id":"x","host_email":"jchill@example.com","topic":"My Webinar","type":5,"start_time":"2021-07-13T21:44:51Z","timezone":"America/Los_Angeles","end_time":"2021-07-13T23:00:51Z","duration":60}}}"#;
+        let Inbound::Records(records) = zoom().map(body).unwrap() else {
+            panic!("expected a record")
+        };
+        let end = &records[0];
+        assert_eq!(end.state, State::Complete);
+        assert_eq!(end.external_event_id, "1234567890");
+        assert_eq!(end.properties["startDateTime"], "2021-07-13T21:44:51Z");
+        assert_eq!(end.properties["endDateTime"], "2021-07-13T23:00:51Z");
+        let info = end.event.as_ref().unwrap();
+        assert_eq!(info.name.as_deref(), Some("My Webinar"));
+        assert_eq!(info.end.as_deref(), Some("2021-07-13T23:00:51Z"));
+        assert!(end.is_mappable(), "a completion needs no contact");
+    }
+
+    #[test]
+    fn a_practice_session_s_end_completes_nothing_and_a_backwards_end_is_refused() {
+        let practice = br#"{"event":"webinar.ended","event_ts":1,"payload":{"account_id":"A","object":{"id":"1","start_time":"2021-07-13T21:44:51Z","end_time":"2021-07-13T22:00:00Z","practice_session":true}}}"#;
+        assert_eq!(zoom().map(practice).unwrap(), Inbound::Ignored);
+        let backwards = br#"{"event":"meeting.ended","event_ts":1,"payload":{"account_id":"A","object":{"id":1,"start_time":"2021-07-13T21:44:51Z","end_time":"2021-07-13T20:00:00Z"}}}"#;
+        assert!(matches!(zoom().map(backwards), Err(Rejection::Invalid(_))));
     }
 
     #[test]

@@ -175,6 +175,17 @@ pub struct ClaimRequest {
     pub lease: Duration,
 }
 
+/// What the forwarder asks of [`Store::claim_completions`].
+#[derive(Clone, Debug)]
+pub struct CompletionClaim {
+    /// Most completions to take.
+    pub max: usize,
+    /// How long after its end (or after a late attendance record reopened
+    /// it) a completion waits for late leaves.
+    pub grace: Duration,
+    pub lease: Duration,
+}
+
 /// Records of one group, taken together under one lease.
 #[derive(Clone, Debug)]
 pub struct ClaimedBatch {
@@ -333,11 +344,20 @@ pub trait Store: Send + Sync {
         limit: i64,
     ) -> Result<Vec<StoredRecord>, StoreError>;
 
-    /// Takes ready batches: whole groups' records, oldest first, at most one
+    /// Takes ready batches of attendance (never completions): whole groups' records, oldest first, at most one
     /// batch per group per round of the groups so every webinar progresses,
     /// full batches at once and a partial one only after it lingered. A batch
     /// whose lease runs out unsettled (its claimer died) is ready again.
     async fn claim(&self, request: &ClaimRequest) -> Result<Claimed, StoreError>;
+
+    /// Takes completions (records of [`State::Complete`]) that are due: past
+    /// their grace (or their retry time), and with every attendance record of
+    /// their event that arrived before them settled. Each comes as a batch
+    /// of its own, settled like any other.
+    async fn claim_completions(
+        &self,
+        request: &CompletionClaim,
+    ) -> Result<Vec<ClaimedBatch>, StoreError>;
 
     /// Extends a batch's lease while its round is still working; false when
     /// the lease was lost (ran out and was taken by another).

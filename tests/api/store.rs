@@ -7,8 +7,8 @@ use attendance_relay::{
     record::{Delivery, NewRecord, State, now_ms},
     settings::Secret,
     store::{
-        ClaimRequest, FetchOutcome, PostgresStore, RecordStatus, Settlement, SqliteStore, Store,
-        StoredCredential,
+        ClaimRequest, CompletionClaim, FetchOutcome, PostgresStore, RecordStatus, Settlement,
+        SqliteStore, Store, StoredCredential,
     },
 };
 
@@ -564,6 +564,83 @@ async fn credentials(store: &dyn Store) {
     );
 }
 
+fn completions(grace_secs: u64) -> CompletionClaim {
+    CompletionClaim {
+        max: 10,
+        grace: Duration::from_secs(grace_secs),
+        lease: Duration::from_secs(60),
+    }
+}
+
+/// Ids of the completions `claim_completions` hands out now, settled as
+/// delivered.
+async fn complete_due(store: &dyn Store, grace_secs: u64) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for batch in store.claim_completions(&completions(grace_secs)).await.unwrap() {
+        assert_eq!(batch.group.state, State::Complete);
+        let id = batch.records[0].id;
+        let settled = store
+            .settle(&batch.lease, vec![(id, Settlement::Delivered)])
+            .await
+            .unwrap();
+        assert_eq!(settled, 1);
+        ids.push(id);
+    }
+    ids
+}
+
+/// Delivers every pending attendance batch of the store; how many records.
+async fn deliver_attendance(store: &dyn Store) -> usize {
+    let claimed = store.claim(&claim(100, 100, 0)).await.unwrap();
+    let mut delivered = 0;
+    for batch in claimed.batches {
+        assert_ne!(batch.group.state, State::Complete, "never in a create batch");
+        let outcomes: Vec<_> = batch
+            .records
+            .iter()
+            .map(|r| (r.id, Settlement::Delivered))
+            .collect();
+        delivered += store.settle(&batch.lease, outcomes).await.unwrap();
+    }
+    delivered
+}
+
+/// A completion waits for its grace and for the attendance before it; a
+/// late attendance record reopens it, and it waits for that one too.
+async fn completion_suite(store: &dyn Store) {
+    let end = || {
+        NewRecord::completion("acc".into(), "ending".into(), None, 1_000, 5_000).unwrap()
+    };
+    ingest(store, vec![record_of("ending", "a@x.io", State::Attend, 1_000)]).await;
+    assert_eq!(ingest(store, vec![end()]).await, vec![true]);
+    assert_eq!(ingest(store, vec![end()]).await, vec![false], "deduplicated");
+    assert!(
+        complete_due(store, 0).await.is_empty(),
+        "the attendance before it is not settled"
+    );
+    assert_eq!(deliver_attendance(store).await, 1);
+    assert!(complete_due(store, 3600).await.is_empty(), "within its grace");
+    let completed = complete_due(store, 0).await;
+    assert_eq!(completed.len(), 1);
+    assert!(complete_due(store, 0).await.is_empty(), "completed once");
+
+    // A leave arriving after the completion: the event is completed again,
+    // after that leave is settled and the grace has passed once more.
+    let mut late = record_of("ending", "a@x.io", State::Attend, 6_000);
+    late.properties.insert("leftAt".into(), "x".into());
+    ingest(store, vec![late]).await;
+    let reopened = store.records(Some(RecordStatus::Pending), 100).await.unwrap();
+    assert!(reopened.iter().any(|r| r.id == completed[0]), "pending again");
+    assert!(complete_due(store, 0).await.is_empty(), "the late leave first");
+    assert_eq!(deliver_attendance(store).await, 1);
+    assert!(complete_due(store, 3600).await.is_empty(), "a new grace");
+    assert_eq!(complete_due(store, 0).await, completed, "the same completion again");
+    // Registrations after the end change nothing.
+    ingest(store, vec![record_of("ending", "b@x.io", State::Register, 7_000)]).await;
+    assert_eq!(deliver_attendance(store).await, 1);
+    assert!(complete_due(store, 0).await.is_empty());
+}
+
 /// The whole contract, on a fresh store.
 pub async fn suite(store: Arc<dyn Store>) {
     assert!(store.alive());
@@ -594,6 +671,20 @@ async fn postgres_store_passes_the_store_suite() {
         return;
     };
     suite(Arc::new(PostgresStore::open(&database.url).unwrap())).await;
+}
+
+#[actix_web::test]
+async fn sqlite_store_orders_completions_after_their_attendance() {
+    let dir = tempfile::tempdir().unwrap();
+    completion_suite(&*open_sqlite(&dir.path().join("relay.db"))).await;
+}
+
+#[actix_web::test]
+async fn postgres_store_orders_completions_after_their_attendance() {
+    let Some(database) = crate::pg::TestDatabase::create() else {
+        return;
+    };
+    completion_suite(&PostgresStore::open(&database.url).unwrap()).await;
 }
 
 #[actix_web::test]
@@ -671,7 +762,7 @@ async fn a_first_release_database_is_upgraded_in_place() {
         6
     );
     store.close().await;
-    assert_eq!(schema_version(&path), 3);
+    assert_eq!(schema_version(&path), 4);
     // Opening again is a no-op.
     let reopened = open_sqlite(&path);
     assert_eq!(reopened.records(None, 10).await.unwrap().len(), 6);

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Row, error::SqlState};
 
 use super::{
-    ClaimRequest, Claimed, ClaimedBatch, CredentialLock, DeferredDelivery, EventTally,
+    ClaimRequest, Claimed, ClaimedBatch, CompletionClaim, CredentialLock, DeferredDelivery, EventTally,
     FetchOutcome, IngestOutcome, OwedDelivery, QueueStats, RecordFilter, RecordStatus, RetryCounts,
     Settlement, SourceTally, Store, StoreError, StoredCredential, StoredRecord, admin, duration_ms,
     lease_token, plan::ClaimPlan,
@@ -484,20 +484,44 @@ fn to_records(rows: &[Row]) -> Result<Vec<StoredRecord>, StoreError> {
     rows.iter().map(to_record).collect()
 }
 
-async fn claim(
-    client: &mut deadpool_postgres::Object,
-    request: &ClaimRequest,
-) -> Result<Claimed, StoreError> {
-    let tx = client.transaction().await.map_err(pg_error)?;
-    let now = db_now(&tx).await?;
-    // A lease that ran out belongs to a forwarder that died mid-call.
+/// A lease that ran out belongs to a forwarder that died mid-call: its
+/// records are pending again.
+async fn release_expired(tx: &impl GenericClient, now: i64) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE records SET status = 'pending', lease_owner = NULL
          WHERE status = 'leased' AND leased_until_ms <= $1",
         &[&now],
     )
     .await
+    .map(drop)
+    .map_err(pg_error)
+}
+
+/// Leases the records `ids` to a new lease until `lease_until`; the lease.
+async fn lease(
+    tx: &impl GenericClient,
+    ids: &[i64],
+    lease_until: i64,
+) -> Result<String, StoreError> {
+    let lease = lease_token();
+    tx.execute(
+        "UPDATE records SET status = 'leased', lease_owner = $1, leased_until_ms = $2,
+             attempts = attempts + 1
+         WHERE id = ANY($3)",
+        &[&lease, &lease_until, &ids],
+    )
+    .await
     .map_err(pg_error)?;
+    Ok(lease)
+}
+
+async fn claim(
+    client: &mut deadpool_postgres::Object,
+    request: &ClaimRequest,
+) -> Result<Claimed, StoreError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let now = db_now(&tx).await?;
+    release_expired(&tx, now).await?;
     // Groups with pending records: a skip-scan of the queue index.
     let groups: Vec<(i64, i64)> = tx
         .query(
@@ -510,7 +534,8 @@ async fn claim(
                  FROM g WHERE g.id IS NOT NULL)
              SELECT g.id, (SELECT MIN(next_attempt_ms) FROM records
                            WHERE status = 'pending' AND group_id = g.id)
-             FROM g WHERE g.id IS NOT NULL",
+             FROM g WHERE g.id IS NOT NULL
+               AND g.id NOT IN (SELECT id FROM groups WHERE state = 'complete')",
             &[],
         )
         .await
@@ -538,16 +563,8 @@ async fn claim(
         if !plan.found(&chunk) {
             continue;
         }
-        let lease = lease_token();
         let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
-        tx.execute(
-            "UPDATE records SET status = 'leased', lease_owner = $1, leased_until_ms = $2,
-                 attempts = attempts + 1
-             WHERE id = ANY($3)",
-            &[&lease, &lease_until, &ids],
-        )
-        .await
-        .map_err(pg_error)?;
+        let lease = lease(&tx, &ids, lease_until).await?;
         batches.push(ClaimedBatch::taken(lease, chunk));
     }
     tx.commit().await.map_err(pg_error)?;
@@ -555,6 +572,48 @@ async fn claim(
         next_ready_in: plan.next_ready_in(),
         batches,
     })
+}
+
+async fn claim_completions(
+    client: &mut deadpool_postgres::Object,
+    request: &CompletionClaim,
+) -> Result<Vec<ClaimedBatch>, StoreError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let now = db_now(&tx).await?;
+    release_expired(&tx, now).await?;
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {RECORD_COLUMNS} FROM records c
+                 WHERE c.state = 'complete' AND c.status = 'pending'
+                   AND CASE WHEN c.attempts = 0 THEN c.next_attempt_ms + $2
+                            ELSE c.next_attempt_ms END <= $1
+                   AND NOT EXISTS (
+                       SELECT 1 FROM groups g JOIN records r ON r.group_id = g.id
+                       WHERE g.external_account_id = c.external_account_id
+                         AND g.external_event_id = c.external_event_id
+                         AND g.state <> 'complete'
+                         AND r.status = 'pending' AND r.id < COALESCE(c.covers_until, c.id))
+                   AND NOT EXISTS (
+                       SELECT 1 FROM records r
+                       WHERE r.status = 'leased' AND r.state <> 'complete'
+                         AND r.external_account_id = c.external_account_id
+                         AND r.external_event_id = c.external_event_id
+                         AND r.id < COALESCE(c.covers_until, c.id))
+                 ORDER BY c.id LIMIT $3 FOR UPDATE OF c SKIP LOCKED"
+            ),
+            &[&now, &duration_ms(request.grace), &(request.max as i64)],
+        )
+        .await
+        .map_err(pg_error)?;
+    let lease_until = now.saturating_add(duration_ms(request.lease));
+    let mut completions = Vec::with_capacity(rows.len());
+    for completion in to_records(&rows)? {
+        let lease = lease(&tx, &[completion.id], lease_until).await?;
+        completions.push(ClaimedBatch::taken(lease, vec![completion]));
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(completions)
 }
 
 #[async_trait]
@@ -808,6 +867,15 @@ impl Store for PostgresStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claimed, StoreError> {
         let request = request.clone();
         self.with(move |mut client| async move { claim(&mut client, &request).await })
+            .await
+    }
+
+    async fn claim_completions(
+        &self,
+        request: &CompletionClaim,
+    ) -> Result<Vec<ClaimedBatch>, StoreError> {
+        let request = request.clone();
+        self.with(move |mut client| async move { claim_completions(&mut client, &request).await })
             .await
     }
 

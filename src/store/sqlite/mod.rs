@@ -24,7 +24,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    ClaimRequest, Claimed, DeferredDelivery, EventTally, FetchOutcome, IngestOutcome, OwedDelivery,
+    ClaimRequest, Claimed, ClaimedBatch, CompletionClaim, DeferredDelivery, EventTally, FetchOutcome, IngestOutcome, OwedDelivery,
     QueueStats, RecordFilter, RecordStatus, RetryCounts, Settlement, SourceTally, Store,
     StoreError, StoredCredential, StoredRecord,
 };
@@ -375,6 +375,15 @@ impl Store for SqliteStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claimed, StoreError> {
         let request = request.clone();
         self.write(move |conn, now| queries::claim(conn, &request, now))
+            .await
+    }
+
+    async fn claim_completions(
+        &self,
+        request: &CompletionClaim,
+    ) -> Result<Vec<ClaimedBatch>, StoreError> {
+        let request = request.clone();
+        self.write(move |conn, now| queries::claim_completions(conn, &request, now))
             .await
     }
 

@@ -9,7 +9,7 @@ use super::sql_error;
 use crate::{
     record::{Delivery, EventInfo, GroupKey, NewRecord, State},
     store::{
-        ClaimRequest, Claimed, ClaimedBatch, DeferredDelivery, FetchOutcome, IngestOutcome,
+        ClaimRequest, Claimed, ClaimedBatch, CompletionClaim, DeferredDelivery, FetchOutcome, IngestOutcome,
         QueueStats, RecordStatus, Settlement, StoreError, StoredRecord, duration_ms, lease_token,
         plan::ClaimPlan,
     },
@@ -268,7 +268,8 @@ fn pending_groups(conn: &Connection) -> Result<Vec<(i64, i64)>> {
              FROM g WHERE g.id IS NOT NULL)
          SELECT g.id, (SELECT MIN(next_attempt_ms) FROM records
                        WHERE status = 'pending' AND group_id = g.id)
-         FROM g WHERE g.id IS NOT NULL",
+         FROM g WHERE g.id IS NOT NULL
+           AND g.id NOT IN (SELECT id FROM groups WHERE state = 'complete')",
     )
     .and_then(|mut select| {
         select
@@ -278,15 +279,39 @@ fn pending_groups(conn: &Connection) -> Result<Vec<(i64, i64)>> {
     .map_err(sql_error)
 }
 
-pub fn claim(conn: &Connection, request: &ClaimRequest, now: i64) -> Result<Claimed> {
-    // A lease that ran out belongs to a forwarder that died mid-call.
+/// A lease that ran out belongs to a forwarder that died mid-call: its
+/// records are pending again.
+fn release_expired(conn: &Connection, now: i64) -> Result<()> {
     conn.prepare_cached(
         "UPDATE records SET status = 'pending', lease_owner = NULL
          WHERE status = 'leased' AND leased_until_ms <= ?1",
     )
     .and_then(|mut update| update.execute(params![now]))
-    .map_err(sql_error)?;
+    .map(drop)
+    .map_err(sql_error)
+}
 
+/// Leases the records `ids` to `lease` until `lease_until`.
+fn lease(conn: &Connection, ids: &[i64], lease: &str, lease_until: i64) -> Result<()> {
+    let placeholders = vec!["?"; ids.len()].join(",");
+    conn.prepare_cached(&format!(
+        "UPDATE records SET status = 'leased', lease_owner = ?1, leased_until_ms = ?2,
+             attempts = attempts + 1
+         WHERE status = 'pending' AND id IN ({placeholders})"
+    ))
+    .and_then(|mut update| {
+        let values: Vec<rusqlite::types::Value> = [lease.to_owned().into(), lease_until.into()]
+            .into_iter()
+            .chain(ids.iter().map(|id| (*id).into()))
+            .collect();
+        update.execute(params_from_iter(values))
+    })
+    .map(drop)
+    .map_err(sql_error)
+}
+
+pub fn claim(conn: &Connection, request: &ClaimRequest, now: i64) -> Result<Claimed> {
+    release_expired(conn, now)?;
     let mut plan = ClaimPlan::new(request, now, pending_groups(conn)?);
     let lease_until = now + duration_ms(request.lease);
     let mut batches = Vec::new();
@@ -295,28 +320,59 @@ pub fn claim(conn: &Connection, request: &ClaimRequest, now: i64) -> Result<Clai
         if !plan.found(&chunk) {
             continue;
         }
-        let lease = lease_token();
+        let token = lease_token();
         let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
-        let placeholders = vec!["?"; ids.len()].join(",");
-        conn.prepare_cached(&format!(
-            "UPDATE records SET status = 'leased', lease_owner = ?1, leased_until_ms = ?2,
-                 attempts = attempts + 1
-             WHERE status = 'pending' AND id IN ({placeholders})"
-        ))
-        .and_then(|mut update| {
-            let values: Vec<rusqlite::types::Value> = [lease.clone().into(), lease_until.into()]
-                .into_iter()
-                .chain(ids.iter().map(|id| (*id).into()))
-                .collect();
-            update.execute(params_from_iter(values))
-        })
-        .map_err(sql_error)?;
-        batches.push(ClaimedBatch::taken(lease, chunk));
+        lease(conn, &ids, &token, lease_until)?;
+        batches.push(ClaimedBatch::taken(token, chunk));
     }
     Ok(Claimed {
         next_ready_in: plan.next_ready_in(),
         batches,
     })
+}
+
+pub fn claim_completions(
+    conn: &Connection,
+    request: &CompletionClaim,
+    now: i64,
+) -> Result<Vec<ClaimedBatch>> {
+    release_expired(conn, now)?;
+    let due: Vec<StoredRecord> = conn
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM records c
+             WHERE c.state = 'complete' AND c.status = 'pending'
+               AND CASE WHEN c.attempts = 0 THEN c.next_attempt_ms + ?2
+                        ELSE c.next_attempt_ms END <= ?1
+               AND NOT EXISTS (
+                   SELECT 1 FROM groups g JOIN records r ON r.group_id = g.id
+                   WHERE g.external_account_id = c.external_account_id
+                     AND g.external_event_id = c.external_event_id AND g.state != 'complete'
+                     AND r.status = 'pending' AND r.id < COALESCE(c.covers_until, c.id))
+               AND NOT EXISTS (
+                   SELECT 1 FROM records r
+                   WHERE r.status = 'leased' AND r.state != 'complete'
+                     AND r.external_account_id = c.external_account_id
+                     AND r.external_event_id = c.external_event_id
+                     AND r.id < COALESCE(c.covers_until, c.id))
+             ORDER BY c.id LIMIT ?3"
+        ))
+        .and_then(|mut select| {
+            select
+                .query_map(
+                    params![now, duration_ms(request.grace), request.max as i64],
+                    row_to_record,
+                )?
+                .collect()
+        })
+        .map_err(sql_error)?;
+    let lease_until = now.saturating_add(duration_ms(request.lease));
+    due.into_iter()
+        .map(|completion| {
+            let token = lease_token();
+            lease(conn, &[completion.id], &token, lease_until)?;
+            Ok(ClaimedBatch::taken(token, vec![completion]))
+        })
+        .collect()
 }
 
 pub fn renew(conn: &Connection, lease: &str, until: i64) -> Result<bool> {

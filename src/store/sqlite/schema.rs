@@ -6,7 +6,7 @@ use super::sql_error;
 use crate::store::StoreError;
 
 /// Version of [`SCHEMA`], kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub const SCHEMA: &str = r#"
 -- Every delivery as received: an append-only log (record identity, not the
@@ -62,7 +62,10 @@ CREATE TABLE IF NOT EXISTS records (
     lease_owner         TEXT,
     last_error          TEXT,
     created_ms          INTEGER NOT NULL,
-    updated_ms          INTEGER NOT NULL
+    updated_ms          INTEGER NOT NULL,
+    -- A completion waits for the event's attendance records with lower ids:
+    -- its own, or (after a late one arrived) up to this.
+    covers_until        INTEGER
 );
 -- Record identity lives here and only here.
 CREATE UNIQUE INDEX IF NOT EXISTS records_identity ON records (dedupe_key);
@@ -76,6 +79,26 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (status);
 CREATE INDEX IF NOT EXISTS records_settled ON records (updated_ms)
     WHERE status IN ('delivered', 'dead', 'unmappable');
 CREATE INDEX IF NOT EXISTS records_by_delivery ON records (delivery_id);
+CREATE INDEX IF NOT EXISTS records_completions ON records (id)
+    WHERE state = 'complete' AND status = 'pending';
+-- An attendance record of an event whose end is known is covered by the
+-- event's latest completion; if that completion was already sent (or is being
+-- sent), it is completed again, after the grace, so HubSpot recalculates.
+CREATE TRIGGER IF NOT EXISTS records_reopen_completion AFTER INSERT ON records
+WHEN NEW.state = 'attend'
+BEGIN
+    UPDATE records SET
+        covers_until = MAX(COALESCE(covers_until, 0), NEW.id + 1),
+        attempts = CASE WHEN status IN ('delivered', 'leased') THEN 0 ELSE attempts END,
+        next_attempt_ms = CASE WHEN status IN ('delivered', 'leased')
+                               THEN NEW.created_ms ELSE next_attempt_ms END,
+        lease_owner = CASE WHEN status = 'leased' THEN NULL ELSE lease_owner END,
+        status = CASE WHEN status IN ('delivered', 'leased') THEN 'pending' ELSE status END,
+        updated_ms = NEW.created_ms
+    WHERE id = (SELECT MAX(id) FROM records
+                WHERE external_event_id = NEW.external_event_id AND email = ''
+                  AND state = 'complete' AND external_account_id = NEW.external_account_id);
+END;
 CREATE TABLE IF NOT EXISTS credentials (
     key           TEXT PRIMARY KEY,
     origin        TEXT    NOT NULL,
@@ -142,6 +165,9 @@ DROP TABLE records_v2;
 DROP TABLE deliveries_v2;
 "#;
 
+/// Version 3 to 4: completions (the records schema gains `covers_until`).
+const THIRD_TO_FOURTH: &str = "ALTER TABLE records ADD COLUMN covers_until INTEGER;";
+
 /// Brings the database to [`SCHEMA_VERSION`] in one transaction.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn
@@ -169,7 +195,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(sql_error)?;
     let tx = conn.transaction().map_err(sql_error)?;
     let upgrade = |sql: &str| tx.execute_batch(sql).map_err(sql_error);
-    if populated {
+    if populated && version == 3 {
+        upgrade(THIRD_TO_FOURTH)?;
+        upgrade(SCHEMA)?;
+    } else if populated {
         if version == 0 {
             upgrade(FIRST_TO_SECOND)?;
         }
