@@ -42,6 +42,6 @@ cargo test --locked
 # The same HTTP-level suites once more on the PostgreSQL store (a database of
 # their own per test, dropped after); the store suite runs on both above.
 RELAY_TEST_STORE=postgres cargo test --locked --test api -- \
-  forwarding:: batching:: oauth:: eventbrite:: generic:: zoom:: operations:: admin::
+  forwarding:: batching:: oauth:: eventbrite:: generic:: zoom:: operations:: admin:: completion::
 
 bash scripts/check-delivery.sh

@@ -78,7 +78,8 @@ impl Shared {
         for stored in records {
             let vid = match stored.record.vid {
                 Some(vid) => Ok(vid),
-                None => resolved.remove(&stored.record.email).unwrap_or_else(|| {
+                // `get`, not `remove`: a re-join puts one contact in a batch twice.
+                None => resolved.get(&stored.record.email).cloned().unwrap_or_else(|| {
                     Err(Fate::Retry {
                         reason: "the contact look-up gave no answer for this email".into(),
                         retry_after: None,

@@ -4,6 +4,7 @@
 mod admin;
 mod batching;
 mod cli;
+mod completion;
 mod contract;
 mod demo;
 mod durability;

@@ -821,6 +821,41 @@ async fn a_second_release_database_keeps_one_record_per_sender_id() {
     store.close().await;
 }
 
+#[actix_web::test]
+async fn a_third_release_database_gains_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixture("third-release.db", dir.path());
+    assert_eq!(schema_version(&path), 3);
+    let store = open_sqlite(&path);
+    let end = NewRecord::completion(
+        "zoom-account-1".into(),
+        "900".into(),
+        Some("Launch webinar".into()),
+        1_767_261_600_000,
+        1_767_265_200_000,
+    )
+    .unwrap();
+    assert_eq!(ingest(&*store, vec![end]).await, vec![true]);
+    assert!(
+        complete_due(&*store, 0).await.is_empty(),
+        "the four stored records come first"
+    );
+    assert_eq!(deliver_attendance(&*store).await, 4);
+    assert_eq!(complete_due(&*store, 0).await.len(), 1);
+    // A late leave closes the re-join of the stored records and reopens the event.
+    let mut leave = record_of("900", "a@example.com", State::Attend, 1_767_264_000_000);
+    leave.external_account_id = "zoom-account-1".into();
+    leave.properties.insert("leftAt".into(), "2026-01-01T11:00:00Z".into());
+    leave.closes_session = true;
+    ingest(&*store, vec![leave]).await;
+    let pending = store.records(Some(RecordStatus::Pending), 10).await.unwrap();
+    assert_eq!(pending.len(), 2, "the leave, and the completion again");
+    let leave = pending.iter().find(|r| r.record.state == State::Attend).unwrap();
+    assert_eq!(leave.record.properties["joinedAt"], "2026-01-01T10:30:00Z");
+    store.close().await;
+    assert_eq!(schema_version(&path), 4);
+}
+
 /// Retention purges in small commits, so a purge of a large backlog never
 /// holds ingest's commits behind it.
 #[actix_web::test]

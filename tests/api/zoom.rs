@@ -100,6 +100,43 @@ async fn every_zoom_attendance_example_maps_as_the_spec_says() {
     }
 }
 
+const END_EVENTS: [&str; 2] = ["meeting.ended", "webinar.ended"];
+
+#[actix_web::test]
+async fn zoom_s_end_examples_complete_the_event_with_its_start_and_end() {
+    let Some(mut examples) = zoom_examples() else {
+        return;
+    };
+    for event in END_EVENTS {
+        let app = spawn_app().await;
+        let mut body: serde_json::Value = serde_json::from_slice(&examples[event]).unwrap();
+        // Zoom's webinar example is a practice session's end, which completes nothing.
+        if let Some(true) = body["payload"]["object"]["practice_session"].as_bool() {
+            let (status, answer) = app.post_zoom(&examples[event]).await;
+            assert_eq!((status, answer["ignored"].clone()), (StatusCode::OK, json!(1)));
+            body["payload"]["object"]["practice_session"] = false.into();
+        }
+        examples.insert(event.to_owned(), body.to_string().into_bytes());
+        let (status, answer) = app.post_zoom(&examples[event]).await;
+        assert_eq!(status, StatusCode::OK, "{event}: {answer}");
+        assert_eq!(answer["accepted"], 1, "{event}");
+        let records = app.records().await;
+        let record = &records[0].record;
+        assert_eq!(record.state, State::Complete, "{event}");
+        assert_eq!(record.external_event_id, "1234567890");
+        assert_eq!(record.external_account_id, "AAAAAABBBB");
+        assert_eq!(
+            record.properties,
+            props(&[
+                ("startDateTime", "2021-07-13T21:44:51Z"),
+                ("endDateTime", "2021-07-13T23:00:51Z")
+            ]),
+            "{event}"
+        );
+        assert_eq!(records[0].status, RecordStatus::Pending, "{event}");
+    }
+}
+
 #[actix_web::test]
 async fn every_other_zoom_example_is_acknowledged_and_ignored() {
     let Some(examples) = zoom_examples() else {
@@ -108,7 +145,7 @@ async fn every_other_zoom_example_is_acknowledged_and_ignored() {
     let app = spawn_app().await;
     let mut ignored = 0;
     for (event, body) in &examples {
-        if ATTENDANCE_EVENTS.contains(&event.as_str()) {
+        if ATTENDANCE_EVENTS.contains(&event.as_str()) || END_EVENTS.contains(&event.as_str()) {
             continue;
         }
         let (status, answer) = app.post_zoom(body).await;
