@@ -1,7 +1,8 @@
 //! `attendance-relay demo`: the real gateway on the embedded store, fed the
 //! bundled sample Zoom webhooks (signed as Zoom signs them) and forwarding to
-//! the built-in HubSpot simulator. Prints what HubSpot received and the
-//! metrics that moved; needs no account and leaves nothing behind.
+//! the built-in HubSpot simulator. Prints what HubSpot received — the
+//! attendance, then the completed event — and the metrics that moved; needs
+//! no account and leaves nothing behind.
 
 pub mod simulator;
 
@@ -13,7 +14,7 @@ use serde_json::Value;
 use crate::{
     app::Application,
     demo::simulator::{Options, Simulator},
-    record::{format_utc, now_ms},
+    record::{State, format_utc, now_ms},
     settings::Settings,
     sources::zoom::Zoom,
     store::RecordStatus,
@@ -59,6 +60,8 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
         ("HUBSPOT_ACCESS_TOKEN", "demo-hubspot-token".to_owned()),
         ("RELAY_UPSERT_EVENTS", "true".to_owned()),
         ("RELAY_BATCH_LINGER_MS", "200".to_owned()),
+        // Late leaves are not waited for here: the demo's have all arrived.
+        ("RELAY_COMPLETE_DELAY_SECS", "1".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -110,8 +113,10 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
         hubspot.url()
     );
     for call in hubspot.calls() {
-        let inputs = call.body["inputs"].as_array().map_or(0, Vec::len);
-        println!("   {} POST {}  ({inputs} inputs)", call.status, call.path);
+        let inputs = call.body["inputs"]
+            .as_array()
+            .map_or_else(String::new, |inputs| format!("  ({} inputs)", inputs.len()));
+        println!("   {} POST {}{inputs}", call.status, call.path);
     }
 
     let records = store.records(None, 1000).await?;
@@ -145,6 +150,20 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
             kept.last_error
                 .as_deref()
                 .unwrap_or("the platform sent no email"),
+        );
+    }
+
+    for kept in records.iter().filter(|r| r.record.state == State::Complete) {
+        let event = hubspot
+            .event(&kept.record.external_account_id, &kept.record.external_event_id)
+            .unwrap_or_default();
+        println!(
+            "\n   The marketing event {:?} was completed ({} to {}, {} time): HubSpot now \
+             computes each attendee's duration from the sessions above.",
+            event.name.unwrap_or_default(),
+            event.start.unwrap_or_default(),
+            event.end.unwrap_or_default(),
+            event.completions,
         );
     }
 

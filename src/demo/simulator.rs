@@ -1174,6 +1174,31 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn complete_needs_a_known_event_an_account_and_two_times() {
+        let sim = Simulator::start(Options {
+            known_events: Some(vec![("acc".into(), "webinar 1".into())]),
+            ..Options::default()
+        })
+        .await
+        .unwrap();
+        let complete = "/marketing/marketing-events/2026-03/events/webinar%201/complete";
+        let times = json!({"startDateTime": "2026-01-01T10:00:00Z", "endDateTime": "2026-01-01T11:00:00Z"});
+        let (status, _, _) = post(&sim, complete, times.clone()).await;
+        assert_eq!(status, 400, "externalAccountId is required");
+        let with_account = format!("{complete}?externalAccountId=acc");
+        let (status, _, _) = post(&sim, &with_account, json!({"startDateTime": "soon"})).await;
+        assert_eq!(status, 400);
+        let unknown = "/marketing/marketing-events/2026-03/events/other/complete?externalAccountId=acc";
+        assert_eq!(post(&sim, unknown, times.clone()).await.0, 404);
+        let (status, _, body) = post(&sim, &with_account, times).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["eventCompleted"], true);
+        let event = sim.event("acc", "webinar 1").unwrap();
+        assert_eq!(event.completions, 1);
+        assert_eq!(event.end.as_deref(), Some("2026-01-01T11:00:00Z"));
+    }
+
+    #[actix_web::test]
     async fn a_queued_fault_answers_one_call_then_normal_behaviour_resumes() {
         let sim = Simulator::start(Options::default()).await.unwrap();
         let vid = sim.add_contact("ann@example.com");

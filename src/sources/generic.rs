@@ -557,6 +557,41 @@ mod tests {
     }
 
     #[test]
+    fn an_event_completed_item_completes_the_event_beside_the_attendance_of_a_batch() {
+        let completed = json!({
+            "type": "event.completed", "externalEventId": "evt-1",
+            "startDateTime": "2026-01-01T10:00:00+01:00", "endDateTime": "2026-01-01T11:30:00Z",
+            "eventName": "Quarterly webinar"
+        });
+        let records = map(&json!({"records": [record(), completed]})).unwrap();
+        assert_eq!(records[0].state, State::Attend);
+        let end = &records[1];
+        assert_eq!(end.state, State::Complete);
+        assert_eq!(end.external_account_id, "default-account");
+        assert_eq!(end.properties["startDateTime"], "2026-01-01T09:00:00Z");
+        assert_eq!(end.properties["endDateTime"], "2026-01-01T11:30:00Z");
+        assert_eq!(end.event.as_ref().unwrap().name.as_deref(), Some("Quarterly webinar"));
+        assert_eq!(end.sender_id, None, "no id: the same end again is a duplicate");
+        assert_eq!(
+            end.dedupe_key("generic"),
+            map(&completed).unwrap()[0].dedupe_key("generic")
+        );
+
+        let mut backwards = completed.clone();
+        backwards["endDateTime"] = json!("2026-01-01T08:00:00Z");
+        assert_eq!(refusal(&backwards), "endDateTime: before startDateTime");
+        let mut unknown = completed.clone();
+        unknown["type"] = json!("event.cancelled");
+        assert_eq!(refusal(&unknown), "type: expected event.completed");
+        let mut untimed = completed;
+        untimed.as_object_mut().unwrap().remove("startDateTime");
+        assert_eq!(refusal(&untimed), "startDateTime: missing");
+        let mut as_state = record();
+        as_state["state"] = json!("complete");
+        assert_eq!(refusal(&as_state), "state: expected register, attend or cancel");
+    }
+
+    #[test]
     fn a_single_record_maps_every_field() {
         let records = map(&record()).unwrap();
         assert_eq!(

@@ -1,7 +1,7 @@
 //! The gateway's HubSpot traffic, routed through Stoplight Prism over
 //! HubSpot's own OpenAPI documents: every request it sends (OAuth refresh,
-//! contacts batch read and upsert, attendance create, events upsert) must be
-//! valid. Prism
+//! contacts batch read and upsert, attendance create, events upsert, events
+//! complete) must be valid. Prism
 //! answers 422 to an invalid request and 500 to an answer that breaks the
 //! documents; either fails the test.
 
@@ -19,8 +19,8 @@ use crate::{
 
 #[actix_web::test]
 async fn every_hubspot_request_is_valid_against_hubspots_documents() {
-    // No event exists and one contact is unknown: the gateway must use all
-    // four operations.
+    // No event exists and one contact is unknown: the gateway must use every
+    // operation.
     let oauth = OAuthOptions {
         client_id: "contract-client".into(),
         client_secret: "contract-secret".into(),
@@ -48,6 +48,7 @@ async fn every_hubspot_request_is_valid_against_hubspots_documents() {
             ("HUBSPOT_CLIENT_SECRET", "contract-secret"),
             ("HUBSPOT_REFRESH_TOKEN", "contract-refresh"),
             ("RELAY_UPSERT_EVENTS", "true"),
+            ("RELAY_COMPLETE_DELAY_SECS", "0"),
             ("ZOOM_EXTERNAL_ACCOUNT_ID", "acct 1/ü"),
         ],
     )
@@ -85,6 +86,11 @@ async fn every_hubspot_request_is_valid_against_hubspots_documents() {
             "webinar.participant_left",
             json!({"leave_time": "2026-03-10T16:45:00Z"}),
         ),
+        {
+            let mut object = webinar.clone();
+            object["end_time"] = json!("2026-03-10T17:02:00Z");
+            json!({"event": "webinar.ended", "event_ts": 1_773_162_120_000_i64, "payload": {"account_id": "A", "object": object}})
+        },
     ];
     for body in &deliveries {
         let (status, answer) = app.post_zoom(body.to_string().as_bytes()).await;
