@@ -21,7 +21,12 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 4] = [State::Register, State::Attend, State::Cancel, State::Complete];
+    pub const ALL: [State; 4] = [
+        State::Register,
+        State::Attend,
+        State::Cancel,
+        State::Complete,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

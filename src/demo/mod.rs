@@ -155,7 +155,10 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
 
     for kept in records.iter().filter(|r| r.record.state == State::Complete) {
         let event = hubspot
-            .event(&kept.record.external_account_id, &kept.record.external_event_id)
+            .event(
+                &kept.record.external_account_id,
+                &kept.record.external_event_id,
+            )
             .unwrap_or_default();
         println!(
             "\n   The marketing event {:?} was completed ({} to {}, {} time): HubSpot now \

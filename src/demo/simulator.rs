@@ -534,6 +534,21 @@ impl State {
         })
     }
 
+    /// The event's key, or the 404 HubSpot answers for an event it lacks.
+    fn known_event(&self, account: &str, event: &str) -> Result<(String, String), Reply> {
+        let key = (account.to_owned(), event.to_owned());
+        if !self.every_event_exists && !self.events.contains_key(&key) {
+            return Err((
+                StatusCode::NOT_FOUND,
+                error_body(
+                    "OBJECT_NOT_FOUND",
+                    format!("Marketing event {event} of account {account} not found"),
+                ),
+            ));
+        }
+        Ok(key)
+    }
+
     fn contacts_read(&mut self, body: Value) -> Result<Reply, Reply> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -622,16 +637,7 @@ impl State {
 
         let started_at = now_rfc3339();
         let input: Input = parse(body)?;
-        let key = (account.to_owned(), event.to_owned());
-        if !self.every_event_exists && !self.events.contains_key(&key) {
-            return Err((
-                StatusCode::NOT_FOUND,
-                error_body(
-                    "OBJECT_NOT_FOUND",
-                    format!("Marketing event {event} of account {account} not found"),
-                ),
-            ));
-        }
+        let key = self.known_event(account, event)?;
         let (mut results, mut errors) = (Vec::new(), Vec::new());
         for subscriber in input.inputs {
             let vid = subscriber.vid;
@@ -704,7 +710,12 @@ impl State {
         Ok((StatusCode::OK, batch(&started_at, results, Vec::new())))
     }
 
-    fn events_complete(&mut self, account: Option<&str>, event: &str, body: Value) -> Result<Reply, Reply> {
+    fn events_complete(
+        &mut self,
+        account: Option<&str>,
+        event: &str,
+        body: Value,
+    ) -> Result<Reply, Reply> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Input {
@@ -723,16 +734,7 @@ impl State {
                 return Err((StatusCode::BAD_REQUEST, reply));
             }
         }
-        let key = (account.to_owned(), event.to_owned());
-        if !self.every_event_exists && !self.events.contains_key(&key) {
-            return Err((
-                StatusCode::NOT_FOUND,
-                error_body(
-                    "OBJECT_NOT_FOUND",
-                    format!("Marketing event {event} of account {account} not found"),
-                ),
-            ));
-        }
+        let key = self.known_event(account, event)?;
         let stored = self.upsert_event(key);
         stored.public.start = Some(input.start_date_time);
         stored.public.end = Some(input.end_date_time);
@@ -1182,13 +1184,15 @@ mod tests {
         .await
         .unwrap();
         let complete = "/marketing/marketing-events/2026-03/events/webinar%201/complete";
-        let times = json!({"startDateTime": "2026-01-01T10:00:00Z", "endDateTime": "2026-01-01T11:00:00Z"});
+        let times =
+            json!({"startDateTime": "2026-01-01T10:00:00Z", "endDateTime": "2026-01-01T11:00:00Z"});
         let (status, _, _) = post(&sim, complete, times.clone()).await;
         assert_eq!(status, 400, "externalAccountId is required");
         let with_account = format!("{complete}?externalAccountId=acc");
         let (status, _, _) = post(&sim, &with_account, json!({"startDateTime": "soon"})).await;
         assert_eq!(status, 400);
-        let unknown = "/marketing/marketing-events/2026-03/events/other/complete?externalAccountId=acc";
+        let unknown =
+            "/marketing/marketing-events/2026-03/events/other/complete?externalAccountId=acc";
         assert_eq!(post(&sim, unknown, times.clone()).await.0, 404);
         let (status, _, body) = post(&sim, &with_account, times).await;
         assert_eq!(status, 200, "{body}");

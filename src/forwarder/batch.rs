@@ -79,12 +79,15 @@ impl Shared {
             let vid = match stored.record.vid {
                 Some(vid) => Ok(vid),
                 // `get`, not `remove`: a re-join puts one contact in a batch twice.
-                None => resolved.get(&stored.record.email).cloned().unwrap_or_else(|| {
-                    Err(Fate::Retry {
-                        reason: "the contact look-up gave no answer for this email".into(),
-                        retry_after: None,
-                    })
-                }),
+                None => resolved
+                    .get(&stored.record.email)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Err(Fate::Retry {
+                            reason: "the contact look-up gave no answer for this email".into(),
+                            retry_after: None,
+                        })
+                    }),
             };
             match vid {
                 Ok(vid) => sendable.push((vid, stored)),

@@ -570,8 +570,14 @@ mod tests {
         assert_eq!(end.external_account_id, "default-account");
         assert_eq!(end.properties["startDateTime"], "2026-01-01T09:00:00Z");
         assert_eq!(end.properties["endDateTime"], "2026-01-01T11:30:00Z");
-        assert_eq!(end.event.as_ref().unwrap().name.as_deref(), Some("Quarterly webinar"));
-        assert_eq!(end.sender_id, None, "no id: the same end again is a duplicate");
+        assert_eq!(
+            end.event.as_ref().unwrap().name.as_deref(),
+            Some("Quarterly webinar")
+        );
+        assert_eq!(
+            end.sender_id, None,
+            "no id: the same end again is a duplicate"
+        );
         assert_eq!(
             end.dedupe_key("generic"),
             map(&completed).unwrap()[0].dedupe_key("generic")
@@ -588,7 +594,10 @@ mod tests {
         assert_eq!(refusal(&untimed), "startDateTime: missing");
         let mut as_state = record();
         as_state["state"] = json!("complete");
-        assert_eq!(refusal(&as_state), "state: expected register, attend or cancel");
+        assert_eq!(
+            refusal(&as_state),
+            "state: expected register, attend or cancel"
+        );
     }
 
     #[test]

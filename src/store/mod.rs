@@ -4,6 +4,27 @@
 //! The store's own clock decides due times and leases: callers pass delays,
 //! never timestamps, so several processes sharing one database agree.
 
+/// The statement both stores' `records_reopen_completion` trigger runs for an
+/// inserted `attend` record (`NEW`): the event's latest completion covers it,
+/// and one already sent (or being sent) is pending again, its grace counted
+/// from now, so HubSpot recalculates the durations.
+macro_rules! reopen_completion {
+    () => {
+        "UPDATE records SET
+            covers_until = CASE WHEN COALESCE(covers_until, 0) > NEW.id + 1
+                                THEN covers_until ELSE NEW.id + 1 END,
+            attempts = CASE WHEN status IN ('delivered', 'leased') THEN 0 ELSE attempts END,
+            next_attempt_ms = CASE WHEN status IN ('delivered', 'leased')
+                                   THEN NEW.created_ms ELSE next_attempt_ms END,
+            lease_owner = CASE WHEN status = 'leased' THEN NULL ELSE lease_owner END,
+            status = CASE WHEN status IN ('delivered', 'leased') THEN 'pending' ELSE status END,
+            updated_ms = NEW.created_ms
+        WHERE id = (SELECT MAX(id) FROM records
+                    WHERE external_event_id = NEW.external_event_id AND email = ''
+                      AND state = 'complete' AND external_account_id = NEW.external_account_id);"
+    };
+}
+
 pub(crate) mod admin;
 mod plan;
 mod postgres;

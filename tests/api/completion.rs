@@ -11,9 +11,7 @@ use attendance_relay::{
 };
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    StoreDir, metric, spawn_forwarding_app, spawn_forwarding_app_in, wait_until,
-};
+use crate::helpers::{StoreDir, metric, spawn_forwarding_app, spawn_forwarding_app_in, wait_until};
 
 const ACCOUNT: &str = "zoom-account-1";
 const WEBINAR: &str = "900";
@@ -171,7 +169,11 @@ async fn a_webinar_is_completed_after_its_attendance_and_again_after_a_late_leav
     assert_eq!(completes(&hubspot.calls()).len(), 1, "completed once");
 
     // c's leave comes after the completion: forwarded, then completed again.
-    post_all(&app, &[session(true, "c@example.com", "2026-01-01T11:00:00Z")]).await;
+    post_all(
+        &app,
+        &[session(true, "c@example.com", "2026-01-01T11:00:00Z")],
+    )
+    .await;
     wait_until("the event is completed again", 20, async || {
         completes(&hubspot.calls()).len() == 2
     })
@@ -189,8 +191,16 @@ async fn a_webinar_is_completed_after_its_attendance_and_again_after_a_late_leav
         records.iter().all(|r| r.status == RecordStatus::Delivered)
     })
     .await;
-    let retried = app.records().await.into_iter().filter(|r| r.attempts > 1).count();
-    assert_eq!(retried, 0, "a contact in a batch twice is sent twice at once");
+    let retried = app
+        .records()
+        .await
+        .into_iter()
+        .filter(|r| r.attempts > 1)
+        .count();
+    assert_eq!(
+        retried, 0,
+        "a contact in a batch twice is sent twice at once"
+    );
     let metrics = app.metrics().await;
     let count = |outcome| {
         metric(

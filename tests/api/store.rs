@@ -576,7 +576,11 @@ fn completions(grace_secs: u64) -> CompletionClaim {
 /// delivered.
 async fn complete_due(store: &dyn Store, grace_secs: u64) -> Vec<i64> {
     let mut ids = Vec::new();
-    for batch in store.claim_completions(&completions(grace_secs)).await.unwrap() {
+    for batch in store
+        .claim_completions(&completions(grace_secs))
+        .await
+        .unwrap()
+    {
         assert_eq!(batch.group.state, State::Complete);
         let id = batch.records[0].id;
         let settled = store
@@ -594,7 +598,11 @@ async fn deliver_attendance(store: &dyn Store) -> usize {
     let claimed = store.claim(&claim(100, 100, 0)).await.unwrap();
     let mut delivered = 0;
     for batch in claimed.batches {
-        assert_ne!(batch.group.state, State::Complete, "never in a create batch");
+        assert_ne!(
+            batch.group.state,
+            State::Complete,
+            "never in a create batch"
+        );
         let outcomes: Vec<_> = batch
             .records
             .iter()
@@ -608,18 +616,27 @@ async fn deliver_attendance(store: &dyn Store) -> usize {
 /// A completion waits for its grace and for the attendance before it; a
 /// late attendance record reopens it, and it waits for that one too.
 async fn completion_suite(store: &dyn Store) {
-    let end = || {
-        NewRecord::completion("acc".into(), "ending".into(), None, 1_000, 5_000).unwrap()
-    };
-    ingest(store, vec![record_of("ending", "a@x.io", State::Attend, 1_000)]).await;
+    let end = || NewRecord::completion("acc".into(), "ending".into(), None, 1_000, 5_000).unwrap();
+    ingest(
+        store,
+        vec![record_of("ending", "a@x.io", State::Attend, 1_000)],
+    )
+    .await;
     assert_eq!(ingest(store, vec![end()]).await, vec![true]);
-    assert_eq!(ingest(store, vec![end()]).await, vec![false], "deduplicated");
+    assert_eq!(
+        ingest(store, vec![end()]).await,
+        vec![false],
+        "deduplicated"
+    );
     assert!(
         complete_due(store, 0).await.is_empty(),
         "the attendance before it is not settled"
     );
     assert_eq!(deliver_attendance(store).await, 1);
-    assert!(complete_due(store, 3600).await.is_empty(), "within its grace");
+    assert!(
+        complete_due(store, 3600).await.is_empty(),
+        "within its grace"
+    );
     let completed = complete_due(store, 0).await;
     assert_eq!(completed.len(), 1);
     assert!(complete_due(store, 0).await.is_empty(), "completed once");
@@ -629,14 +646,31 @@ async fn completion_suite(store: &dyn Store) {
     let mut late = record_of("ending", "a@x.io", State::Attend, 6_000);
     late.properties.insert("leftAt".into(), "x".into());
     ingest(store, vec![late]).await;
-    let reopened = store.records(Some(RecordStatus::Pending), 100).await.unwrap();
-    assert!(reopened.iter().any(|r| r.id == completed[0]), "pending again");
-    assert!(complete_due(store, 0).await.is_empty(), "the late leave first");
+    let reopened = store
+        .records(Some(RecordStatus::Pending), 100)
+        .await
+        .unwrap();
+    assert!(
+        reopened.iter().any(|r| r.id == completed[0]),
+        "pending again"
+    );
+    assert!(
+        complete_due(store, 0).await.is_empty(),
+        "the late leave first"
+    );
     assert_eq!(deliver_attendance(store).await, 1);
     assert!(complete_due(store, 3600).await.is_empty(), "a new grace");
-    assert_eq!(complete_due(store, 0).await, completed, "the same completion again");
+    assert_eq!(
+        complete_due(store, 0).await,
+        completed,
+        "the same completion again"
+    );
     // Registrations after the end change nothing.
-    ingest(store, vec![record_of("ending", "b@x.io", State::Register, 7_000)]).await;
+    ingest(
+        store,
+        vec![record_of("ending", "b@x.io", State::Register, 7_000)],
+    )
+    .await;
     assert_eq!(deliver_attendance(store).await, 1);
     assert!(complete_due(store, 0).await.is_empty());
 }
@@ -845,12 +879,20 @@ async fn a_third_release_database_gains_completions() {
     // A late leave closes the re-join of the stored records and reopens the event.
     let mut leave = record_of("900", "a@example.com", State::Attend, 1_767_264_000_000);
     leave.external_account_id = "zoom-account-1".into();
-    leave.properties.insert("leftAt".into(), "2026-01-01T11:00:00Z".into());
+    leave
+        .properties
+        .insert("leftAt".into(), "2026-01-01T11:00:00Z".into());
     leave.closes_session = true;
     ingest(&*store, vec![leave]).await;
-    let pending = store.records(Some(RecordStatus::Pending), 10).await.unwrap();
+    let pending = store
+        .records(Some(RecordStatus::Pending), 10)
+        .await
+        .unwrap();
     assert_eq!(pending.len(), 2, "the leave, and the completion again");
-    let leave = pending.iter().find(|r| r.record.state == State::Attend).unwrap();
+    let leave = pending
+        .iter()
+        .find(|r| r.record.state == State::Attend)
+        .unwrap();
     assert_eq!(leave.record.properties["joinedAt"], "2026-01-01T10:30:00Z");
     store.close().await;
     assert_eq!(schema_version(&path), 4);

@@ -113,7 +113,10 @@ async fn zoom_s_end_examples_complete_the_event_with_its_start_and_end() {
         // Zoom's webinar example is a practice session's end, which completes nothing.
         if let Some(true) = body["payload"]["object"]["practice_session"].as_bool() {
             let (status, answer) = app.post_zoom(&examples[event]).await;
-            assert_eq!((status, answer["ignored"].clone()), (StatusCode::OK, json!(1)));
+            assert_eq!(
+                (status, answer["ignored"].clone()),
+                (StatusCode::OK, json!(1))
+            );
             body["payload"]["object"]["practice_session"] = false.into();
         }
         examples.insert(event.to_owned(), body.to_string().into_bytes());

@@ -23,10 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Row, error::SqlState};
 
 use super::{
-    ClaimRequest, Claimed, ClaimedBatch, CompletionClaim, CredentialLock, DeferredDelivery, EventTally,
-    FetchOutcome, IngestOutcome, OwedDelivery, QueueStats, RecordFilter, RecordStatus, RetryCounts,
-    Settlement, SourceTally, Store, StoreError, StoredCredential, StoredRecord, admin, duration_ms,
-    lease_token, plan::ClaimPlan,
+    ClaimRequest, Claimed, ClaimedBatch, CompletionClaim, CredentialLock, DeferredDelivery,
+    EventTally, FetchOutcome, IngestOutcome, OwedDelivery, QueueStats, RecordFilter, RecordStatus,
+    RetryCounts, Settlement, SourceTally, Store, StoreError, StoredCredential, StoredRecord, admin,
+    duration_ms, lease_token, plan::ClaimPlan,
 };
 use crate::{
     record::{Delivery, EventInfo, NewRecord, State},

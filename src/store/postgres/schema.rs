@@ -121,31 +121,22 @@ END $$;
 
 /// Version 1 to 2, and part of every new database: completions. A completion
 /// waits for its event's attendance records with lower ids: its own, or
-/// (after a late one arrived) up to `covers_until`. An attendance record of an
-/// event whose end is known is covered by the event's latest completion; if
-/// that completion was already sent (or is being sent), it is completed
-/// again, after the grace, so HubSpot recalculates.
-const COMPLETIONS: &str = r#"
+/// (after a late one arrived) up to `covers_until`; see `reopen_completion!`.
+const COMPLETIONS: &str = concat!(
+    r#"
 ALTER TABLE records ADD COLUMN covers_until BIGINT;
 CREATE INDEX records_completions ON records (id) WHERE state = 'complete' AND status = 'pending';
 CREATE FUNCTION relay_reopen_completion() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE records SET
-        covers_until = GREATEST(COALESCE(covers_until, 0), NEW.id + 1),
-        attempts = CASE WHEN status IN ('delivered', 'leased') THEN 0 ELSE attempts END,
-        next_attempt_ms = CASE WHEN status IN ('delivered', 'leased')
-                               THEN NEW.created_ms ELSE next_attempt_ms END,
-        lease_owner = CASE WHEN status = 'leased' THEN NULL ELSE lease_owner END,
-        status = CASE WHEN status IN ('delivered', 'leased') THEN 'pending' ELSE status END,
-        updated_ms = NEW.created_ms
-    WHERE id = (SELECT MAX(id) FROM records
-                WHERE external_event_id = NEW.external_event_id AND email = ''
-                  AND state = 'complete' AND external_account_id = NEW.external_account_id);
+"#,
+    reopen_completion!(),
+    r#"
     RETURN NULL;
 END $$;
 CREATE TRIGGER records_reopen_completion AFTER INSERT ON records
     FOR EACH ROW WHEN (NEW.state = 'attend') EXECUTE FUNCTION relay_reopen_completion();
-"#;
+"#
+);
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(pg_error)?;

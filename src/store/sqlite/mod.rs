@@ -24,9 +24,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    ClaimRequest, Claimed, ClaimedBatch, CompletionClaim, DeferredDelivery, EventTally, FetchOutcome, IngestOutcome, OwedDelivery,
-    QueueStats, RecordFilter, RecordStatus, RetryCounts, Settlement, SourceTally, Store,
-    StoreError, StoredCredential, StoredRecord,
+    ClaimRequest, Claimed, ClaimedBatch, CompletionClaim, DeferredDelivery, EventTally,
+    FetchOutcome, IngestOutcome, OwedDelivery, QueueStats, RecordFilter, RecordStatus, RetryCounts,
+    Settlement, SourceTally, Store, StoreError, StoredCredential, StoredRecord,
 };
 use crate::{
     record::{Delivery, NewRecord, now_ms},

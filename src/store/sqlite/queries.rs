@@ -9,9 +9,9 @@ use super::sql_error;
 use crate::{
     record::{Delivery, EventInfo, GroupKey, NewRecord, State},
     store::{
-        ClaimRequest, Claimed, ClaimedBatch, CompletionClaim, DeferredDelivery, FetchOutcome, IngestOutcome,
-        QueueStats, RecordStatus, Settlement, StoreError, StoredRecord, duration_ms, lease_token,
-        plan::ClaimPlan,
+        ClaimRequest, Claimed, ClaimedBatch, CompletionClaim, DeferredDelivery, FetchOutcome,
+        IngestOutcome, QueueStats, RecordStatus, Settlement, StoreError, StoredRecord, duration_ms,
+        lease_token, plan::ClaimPlan,
     },
 };
 

@@ -8,7 +8,8 @@ use crate::store::StoreError;
 /// Version of [`SCHEMA`], kept in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 4;
 
-pub const SCHEMA: &str = r#"
+pub const SCHEMA: &str = concat!(
+    r#"
 -- Every delivery as received: an append-only log (record identity, not the
 -- delivery, decides what is a duplicate).
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -81,23 +82,13 @@ CREATE INDEX IF NOT EXISTS records_settled ON records (updated_ms)
 CREATE INDEX IF NOT EXISTS records_by_delivery ON records (delivery_id);
 CREATE INDEX IF NOT EXISTS records_completions ON records (id)
     WHERE state = 'complete' AND status = 'pending';
--- An attendance record of an event whose end is known is covered by the
--- event's latest completion; if that completion was already sent (or is being
--- sent), it is completed again, after the grace, so HubSpot recalculates.
+-- A late attendance record reopens its event's completion (`reopen_completion!`).
 CREATE TRIGGER IF NOT EXISTS records_reopen_completion AFTER INSERT ON records
 WHEN NEW.state = 'attend'
 BEGIN
-    UPDATE records SET
-        covers_until = MAX(COALESCE(covers_until, 0), NEW.id + 1),
-        attempts = CASE WHEN status IN ('delivered', 'leased') THEN 0 ELSE attempts END,
-        next_attempt_ms = CASE WHEN status IN ('delivered', 'leased')
-                               THEN NEW.created_ms ELSE next_attempt_ms END,
-        lease_owner = CASE WHEN status = 'leased' THEN NULL ELSE lease_owner END,
-        status = CASE WHEN status IN ('delivered', 'leased') THEN 'pending' ELSE status END,
-        updated_ms = NEW.created_ms
-    WHERE id = (SELECT MAX(id) FROM records
-                WHERE external_event_id = NEW.external_event_id AND email = ''
-                  AND state = 'complete' AND external_account_id = NEW.external_account_id);
+"#,
+    reopen_completion!(),
+    r#"
 END;
 CREATE TABLE IF NOT EXISTS credentials (
     key           TEXT PRIMARY KEY,
@@ -111,7 +102,8 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#;
+"#
+);
 
 /// The first release (version 0) lacks the second's columns.
 const FIRST_TO_SECOND: &str = r#"
