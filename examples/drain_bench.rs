@@ -90,6 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             rate_limited: 0.05,
             hangs: 0.03,
             hang: Duration::from_secs(5),
+            resets: 0.03,
             seed: 42,
         }),
         ..Options::default()

@@ -156,7 +156,7 @@ impl Fetcher {
                     None => (
                         "retry",
                         FetchOutcome::Retry {
-                            delay: retry::delay(delivery.attempts, None),
+                            delay: retry::backoff(delivery.attempts),
                             error: reason.clone(),
                         },
                     ),

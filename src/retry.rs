@@ -16,12 +16,6 @@ pub fn backoff(attempts: i64) -> Duration {
     full.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// The wait before the next try, after `failures` failures in a row: the
-/// backoff, or longer when the other side asked for it (`Retry-After`).
-pub fn delay(failures: i64, retry_after: Option<Duration>) -> Duration {
-    backoff(failures).max(retry_after.unwrap_or_default())
-}
-
 /// The reason to stop retrying what arrived at `since_ms` and failed with
 /// `reason`, once it is older than `max_age` (`RELAY_MAX_RECORD_AGE_SECS`).
 pub fn give_up(now_ms: i64, since_ms: i64, max_age: Duration, reason: &str) -> Option<String> {
@@ -53,14 +47,8 @@ mod tests {
     }
 
     #[test]
-    fn retries_wait_for_retry_after_and_stop_at_the_maximum_age() {
+    fn retries_stop_at_the_maximum_age() {
         let hour = Duration::from_secs(3600);
-        assert_eq!(
-            delay(1, Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
-        );
-        let first = delay(1, None);
-        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
         assert_eq!(give_up(10_000, 0, hour, "503"), None);
         let given_up = give_up(3_600_000, 0, hour, "503").unwrap();
         assert!(given_up.contains("RELAY_MAX_RECORD_AGE_SECS") && given_up.ends_with("503"));

@@ -75,6 +75,8 @@ pub struct Fault {
     pub body: Value,
     pub headers: Vec<(String, String)>,
     pub delay: Option<Duration>,
+    /// The connection is cut after the status line: the body never comes.
+    pub cut: bool,
 }
 
 impl Fault {
@@ -94,6 +96,7 @@ impl Fault {
             body: error_body(category, format!("Simulated fault: HTTP {status}")),
             headers: Vec::new(),
             delay: None,
+            cut: false,
         }
     }
 
@@ -113,6 +116,12 @@ impl Fault {
         self
     }
 
+    /// This answer's connection cut after its status line.
+    pub fn cut(mut self) -> Self {
+        self.cut = true;
+        self
+    }
+
     /// The normal behaviour's answer, in the same shape as a fault.
     fn reply((status, body): Reply) -> Self {
         Fault {
@@ -120,6 +129,7 @@ impl Fault {
             body,
             headers: Vec::new(),
             delay: None,
+            cut: false,
         }
     }
 
@@ -138,6 +148,11 @@ impl Fault {
         let mut response = HttpResponse::build(self.status_code());
         for header in defaults.into_iter().chain(self.headers) {
             response.insert_header(header);
+        }
+        if self.cut {
+            let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+            return response
+                .streaming(futures_util::stream::once(async { Err::<Bytes, _>(reset) }));
         }
         response.json(self.body)
     }
@@ -170,6 +185,8 @@ pub struct Chaos {
     /// Answers 503 only after `hang` (longer than the gateway's timeout).
     pub hangs: f64,
     pub hang: Duration,
+    /// The connection is cut after a 200 status line, before the body.
+    pub resets: f64,
     /// Seed of the draws, so a run can be repeated.
     pub seed: u64,
 }
@@ -189,8 +206,11 @@ impl Chaos {
                 fault
             });
         }
-        (roll < self.server_errors + self.rate_limited + self.hangs)
-            .then(|| Fault::status(503).delayed(self.hang))
+        if roll < self.server_errors + self.rate_limited + self.hangs {
+            return Some(Fault::status(503).delayed(self.hang));
+        }
+        (roll < self.server_errors + self.rate_limited + self.hangs + self.resets)
+            .then(|| Fault::status(200).cut())
     }
 }
 
@@ -341,6 +361,16 @@ impl Simulator {
         self.lock().chaos = None;
     }
 
+    /// From now on every answer comes `latency` later (`None`: at once).
+    pub fn set_latency(&self, latency: Option<Duration>) {
+        self.lock().latency = latency;
+    }
+
+    /// The most API calls that were being answered at one time.
+    pub fn max_in_flight(&self) -> usize {
+        self.lock().max_in_flight
+    }
+
     /// Calls answered 429 by the rate limit, not by injected faults.
     pub fn rate_limited(&self) -> usize {
         self.lock().rate_limited
@@ -402,6 +432,9 @@ struct State {
     calls: Vec<Call>,
     attendance: Vec<Attendance>,
     rate_limited: usize,
+    /// API calls being answered now, and the most there ever were.
+    in_flight: usize,
+    max_in_flight: usize,
     oauth: Option<OAuthState>,
     token_faults: VecDeque<Fault>,
     token_requests: Vec<TokenRequest>,
@@ -472,6 +505,8 @@ impl State {
             calls: Vec::new(),
             attendance: Vec::new(),
             rate_limited: 0,
+            in_flight: 0,
+            max_in_flight: 0,
             oauth: options.oauth.map(|oauth| OAuthState {
                 client_id: oauth.client_id,
                 client_secret: oauth.client_secret,
@@ -911,9 +946,13 @@ async fn serve(
                 "10000".to_owned(),
             ),
         ];
+        state.in_flight += 1;
+        state.max_in_flight = state.max_in_flight.max(state.in_flight);
         (answer, rate_headers, state.latency.unwrap_or_default())
     };
-    answer.respond(rate_headers, latency).await
+    let response = answer.respond(rate_headers, latency).await;
+    state.lock().expect("simulator state poisoned").in_flight -= 1;
+    response
 }
 
 /// `POST /oauth/2026-03/token`, form-encoded.

@@ -2,6 +2,8 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use tokio::time::Instant;
+
 use super::{
     BatchEnd, Fate, LEASE, Shared,
     contacts::Wanted,
@@ -18,8 +20,20 @@ use crate::{
 type Sendable = (i64, StoredRecord);
 
 /// The one retry delay of a batch: drawn when its first record has to wait.
-#[derive(Default)]
-pub(super) struct BatchDelay(Option<Duration>);
+pub(super) struct BatchDelay {
+    /// When the batch's calls began.
+    sent: Instant,
+    drawn: Option<Duration>,
+}
+
+impl BatchDelay {
+    pub(super) fn new() -> Self {
+        Self {
+            sent: Instant::now(),
+            drawn: None,
+        }
+    }
+}
 
 impl Shared {
     /// Sends the batch (renewing its lease while that takes) and settles it.
@@ -72,7 +86,7 @@ impl Shared {
             }
         };
 
-        let mut delay = BatchDelay::default();
+        let mut delay = BatchDelay::new();
         let mut settled = Vec::with_capacity(records.len());
         let mut sendable: Vec<Sendable> = Vec::with_capacity(records.len());
         for stored in records {
@@ -317,21 +331,23 @@ impl Shared {
         }
     }
 
-    /// The first retry of a batch counts one more failure in a row and draws
-    /// the delay every record of the batch then waits.
+    /// When HubSpot said when to come back (`Retry-After`, or a 429's
+    /// pause), then; otherwise the first retry of a batch counts a failure
+    /// in a row and draws the delay every record of the batch then waits.
     fn batch_delay(&self, delay: &mut BatchDelay, retry_after: Option<Duration>) -> Duration {
-        let drawn = *delay.0.get_or_insert_with(|| {
-            let failures = self.health.failures.get() + 1;
-            self.health.failures.set(failures);
-            retry::delay(failures, None)
-        });
-        drawn.max(retry_after.unwrap_or_default())
+        if let Some(after) = retry_after {
+            return after;
+        }
+        *delay.drawn.get_or_insert_with(|| {
+            let failures = self.health.failed(delay.sent);
+            retry::backoff(failures)
+        })
     }
 
     /// A call succeeded: if calls were failing, what waits out a backoff is
     /// due now.
     pub(super) async fn healthy(&self) {
-        if self.health.failures.replace(0) == 0 {
+        if !self.health.recovered() {
             return;
         }
         match self.store.expedite_retries().await {

@@ -15,7 +15,7 @@ impl Shared {
         &self,
         completions: Vec<StoredRecord>,
     ) -> (Vec<(StoredRecord, Settlement)>, Option<String>) {
-        let mut delay = BatchDelay::default();
+        let mut delay = BatchDelay::new();
         let mut settled = Vec::with_capacity(completions.len());
         let mut paused = None;
         for stored in completions {

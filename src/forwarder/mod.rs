@@ -28,7 +28,7 @@ use std::{
 };
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     hubspot::{CallError, HubSpotClient},
@@ -115,10 +115,31 @@ enum BatchEnd {
 }
 
 /// Calls in a row that failed transiently, across all batches: the pace of
-/// retrying follows HubSpot's health, not each record's history.
+/// retrying follows HubSpot's health, not each record's history. Batches
+/// that were in flight together and failed together count once, so the
+/// backoff grows with the length of an outage, not with the concurrency.
 #[derive(Default)]
 struct Health {
     failures: Cell<i64>,
+    last_failure: Cell<Option<Instant>>,
+}
+
+impl Health {
+    /// A batch sent at `sent` failed: the failures in a row now.
+    fn failed(&self, sent: Instant) -> i64 {
+        let together = self.last_failure.get().is_some_and(|at| at > sent);
+        if !together {
+            self.failures.set(self.failures.get() + 1);
+        }
+        self.last_failure.set(Some(Instant::now()));
+        self.failures.get()
+    }
+
+    /// A call succeeded; whether calls had been failing.
+    fn recovered(&self) -> bool {
+        self.last_failure.set(None);
+        self.failures.replace(0) != 0
+    }
 }
 
 /// What every batch task shares.

@@ -318,11 +318,12 @@ impl HubSpotClient {
                     )));
                 }
                 429 | 500..=599 => {
-                    let retry_after = retry_after(response.headers());
+                    let mut retry_after = retry_after(response.headers());
                     if status == 429 {
-                        self.limiter
-                            .hold_for(retry_after.unwrap_or(RATE_LIMITED_PAUSE))
-                            .await;
+                        // Flow control, not an outage: it says when to go on.
+                        let pause = retry_after.unwrap_or(RATE_LIMITED_PAUSE);
+                        self.limiter.hold_for(pause).await;
+                        retry_after = Some(pause);
                     }
                     return Err(CallError::Transient {
                         reason: format!("{label}: HubSpot answered {status}: {}", message(&answer)),

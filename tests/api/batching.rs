@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use attendance_relay::{
-    demo::simulator::{Call, Chaos, Options, Simulator},
+    demo::simulator::{Call, Chaos, Fault, Options, Simulator},
     hubspot::Operation,
 };
 use futures_util::{StreamExt, stream};
@@ -105,9 +105,11 @@ async fn joins_arriving_fast_go_in_full_batches_and_linger_only_bounds_the_rest(
     );
 }
 
+/// HubSpot answers slowly for a spell (every call times out), then fails at
+/// random: 5xx, 429s with and without `Retry-After` (and a burst of them),
+/// hangs, connections cut mid-answer.
 #[actix_web::test]
-async fn under_random_5xx_hangs_and_429s_everything_arrives_once_in_full_batches_within_the_limit()
-{
+async fn under_faults_and_a_slow_spell_everything_arrives_once_in_full_batches_within_the_limit() {
     let hubspot = Simulator::start(Options {
         rate_limit_per_10s: Some(100),
         chaos: Some(Chaos {
@@ -115,14 +117,22 @@ async fn under_random_5xx_hangs_and_429s_everything_arrives_once_in_full_batches
             rate_limited: 0.05,
             hangs: 0.05,
             hang: Duration::from_secs(3),
+            resets: 0.05,
             seed: 7,
         }),
         ..Options::default()
     })
     .await
     .unwrap();
+    for _ in 0..5 {
+        let burst = Fault::status(429).with_header("Retry-After", "2");
+        hubspot.fail_next(Operation::AttendanceCreate, burst);
+    }
+    hubspot.set_latency(Some(Duration::from_millis(1500)));
     let joins = interleaved(6, 100);
     let app = backlog_then_drain(&joins, &hubspot, &[("HUBSPOT_REQUEST_TIMEOUT_MS", "1000")]).await;
+    actix_web::rt::time::sleep(Duration::from_secs(5)).await;
+    hubspot.set_latency(None);
     wait_until("every record is delivered", 120, async || {
         hubspot.attendance().len() >= joins.len()
     })
@@ -146,8 +156,25 @@ async fn under_random_5xx_hangs_and_429s_everything_arrives_once_in_full_batches
             .collect::<Vec<_>>()
     );
     assert_eq!(hubspot.rate_limited(), 0, "no call beyond HubSpot's limit");
+    assert!(
+        hubspot.max_in_flight() <= 8,
+        "at most 8 batches at a time, however HubSpot answers: {}",
+        hubspot.max_in_flight()
+    );
     let failed = calls.iter().filter(|c| c.status != 200).count();
     assert!(failed > 0, "the faults happened");
+    let metrics = app.metrics().await;
+    let timed_out: f64 = Operation::ALL
+        .iter()
+        .filter_map(|operation| {
+            metric(
+                &metrics,
+                "relay_hubspot_requests_total",
+                &[("operation", operation.as_str()), ("status", "error")],
+            )
+        })
+        .sum();
+    assert!(timed_out > 0.0, "the slow spell's calls timed out");
     // The last batch is settled just after HubSpot took it.
     wait_until("every record is settled as delivered", 30, async || {
         let metrics = app.metrics().await;
