@@ -1076,41 +1076,44 @@ impl Store for PostgresStore {
         &self,
         limit: u32,
         window: Duration,
-    ) -> Result<Result<i64, Duration>, StoreError> {
+    ) -> Result<Result<Option<i64>, Duration>, StoreError> {
         let (limit, window) = (
             i32::try_from(limit).unwrap_or(i32::MAX),
             duration_ms(window),
         );
         self.with(move |client| async move {
-            let answer: i64 = client
+            let row = client
                 .query_one(
-                    "SELECT relay_admit_call($1, $2, $3)",
+                    "SELECT call, wait_ms FROM relay_admit_hubspot_call($1, $2, $3)",
                     &[&limit, &window, &(window + duration_ms(LOST_CALL))],
                 )
                 .await
-                .map_err(pg_error)?
-                .get(0);
-            Ok(if answer > 0 {
-                Ok(answer)
-            } else {
-                Err(Duration::from_millis(answer.unsigned_abs()))
+                .map_err(pg_error)?;
+            Ok(match row.get::<_, Option<i64>>(0) {
+                Some(call) => Ok(Some(call)),
+                None => Err(Duration::from_millis(
+                    u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                )),
             })
         })
         .await
     }
 
-    async fn call_answered(&self, call: i64) -> Result<(), StoreError> {
+    async fn call_answered(&self, call: i64) -> Result<u32, StoreError> {
         self.with(move |client| async move {
-            client
-                .execute(
-                    "UPDATE hubspot_calls
-                     SET answered_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
-                     WHERE id = $1",
+            // The count does not depend on this call's update: it is in the window either way.
+            let row = client
+                .query_one(
+                    "WITH answered AS (
+                         UPDATE hubspot_calls
+                         SET answered_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                         WHERE id = $1)
+                     SELECT COUNT(*) FROM hubspot_calls",
                     &[&call],
                 )
                 .await
-                .map(drop)
-                .map_err(pg_error)
+                .map_err(pg_error)?;
+            Ok(u32::try_from(row.get::<_, i64>(0)).unwrap_or(u32::MAX))
         })
         .await
     }
