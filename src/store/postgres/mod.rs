@@ -522,12 +522,18 @@ async fn claim(
     let lease_until = now.saturating_add(duration_ms(request.lease));
     let mut batches = Vec::new();
     while let Some((group, limit)) = plan.next_read() {
-        // Rows another replica is claiming right now are skipped, not waited for.
+        // A group another replica is claiming right now is skipped, not
+        // waited for, and not shared: two claims reading one group at once
+        // would split its next batch between them. (Ingest's key-share locks
+        // on the group row do not conflict.)
         let rows = tx
             .query(
                 &format!(
-                    "SELECT {RECORD_COLUMNS} FROM records
-                     WHERE status = 'pending' AND group_id = $1 AND next_attempt_ms <= $2
+                    "WITH claiming AS (
+                         SELECT id FROM groups WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED)
+                     SELECT {RECORD_COLUMNS} FROM records
+                     WHERE status = 'pending' AND group_id = (SELECT id FROM claiming)
+                       AND next_attempt_ms <= $2
                      ORDER BY next_attempt_ms, id LIMIT $3 FOR UPDATE SKIP LOCKED"
                 ),
                 &[&group, &now, &(limit as i64)],
