@@ -37,6 +37,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (records, limit, latency_ms) = (arg(1, 10_000) as usize, arg(2, 100) as u32, arg(3, 20));
     let webinars = arg(4, 1).max(1) as usize;
     let faults = std::env::args().nth(5).is_some_and(|a| a == "faults");
+    if std::env::var_os("RUST_LOG").is_some() {
+        attendance_relay::telemetry::init(attendance_relay::settings::LogFormat::Text, "warn");
+    }
     let dir = std::env::temp_dir().join(format!("attendance-relay-drain-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("relay.db");

@@ -271,7 +271,7 @@ impl HubSpotClient {
                 .send_json(body)
                 .await;
             // HubSpot counted the call by the time its answer (or failure) came.
-            drop(permit);
+            let in_window = permit.answered().await;
             let label = operation.as_str();
             let inputs = body["inputs"].as_array().map_or(0, Vec::len);
             let mut response = match sent {
@@ -287,7 +287,9 @@ impl HubSpotClient {
             let status = response.status().as_u16();
             self.observe(label, &status.to_string(), started, inputs);
             if let Some((remaining, interval)) = rate_headers(response.headers()) {
-                self.limiter.observe_remaining(remaining, interval).await;
+                self.limiter
+                    .observe_remaining(in_window, remaining, interval)
+                    .await;
             }
             let answer = match response.body().limit(MAX_ANSWER_BYTES).await {
                 Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),

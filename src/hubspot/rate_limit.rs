@@ -50,31 +50,47 @@ struct Window {
     not_before: Option<Instant>,
 }
 
-/// A call's place in the window; dropping it marks the call answered.
+/// A call's place in the window; [`Permit::answered`], or dropping it, marks
+/// the call answered.
 pub struct Permit<'a> {
     limiter: &'a RateLimiter,
     id: u64,
-    /// Its place in the deployment's window.
-    shared: i64,
+    /// Its place in the deployment's window, where the store keeps one,
+    /// until its answer is recorded there.
+    shared: Option<i64>,
+}
+
+impl Permit<'_> {
+    /// The call was answered (or failed): its place starts to age. Returns
+    /// the calls the window (the deployment's, where the store keeps it)
+    /// holds now — never fewer than HubSpot counted when this call arrived,
+    /// unless someone else calls with our quota.
+    pub async fn answered(mut self) -> usize {
+        let here = self.limiter.mark_answered(self.id);
+        let Some(call) = self.shared.take() else {
+            return here;
+        };
+        match self.limiter.store.call_answered(call).await {
+            Ok(held) => held as usize,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot record a HubSpot answer in the shared window");
+                here
+            }
+        }
+    }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if self.shared > 0 {
-            let (store, call) = (Arc::clone(&self.limiter.store), self.shared);
+        if let Some(call) = self.shared.take() {
+            let store = Arc::clone(&self.limiter.store);
             actix_web::rt::spawn(async move {
                 if let Err(err) = store.call_answered(call).await {
                     tracing::warn!(error = %err, "cannot record a HubSpot answer in the shared window");
                 }
             });
         }
-        let now = Instant::now();
-        let mut window = self.limiter.state.borrow_mut();
-        if let Some(call) = window.calls.iter_mut().find(|(id, _)| *id == self.id) {
-            call.1 = Some(now);
-        }
-        drop(window);
-        self.limiter.answered.notify_waiters();
+        self.limiter.mark_answered(self.id);
     }
 }
 
@@ -93,14 +109,23 @@ impl RateLimiter {
     /// Waits until one more call fits, and counts it until the returned
     /// permit is dropped (when the answer came) plus the window.
     pub async fn acquire(&self) -> Permit<'_> {
+        let asked = Instant::now();
         let _turn = self.turn.lock().await;
+        let queued = asked.elapsed();
         let mut permit = self.acquire_here().await;
+        let here = asked.elapsed();
         permit.shared = self.acquire_shared().await;
+        tracing::debug!(
+            queued_ms = queued.as_millis() as u64,
+            window_ms = (here - queued).as_millis() as u64,
+            shared_ms = (asked.elapsed() - here).as_millis() as u64,
+            "hubspot call admitted"
+        );
         permit
     }
 
-    /// A place in the deployment's window (0: the store leaves it to us).
-    async fn acquire_shared(&self) -> i64 {
+    /// A place in the deployment's window (None: the store leaves it to us).
+    async fn acquire_shared(&self) -> Option<i64> {
         let limit = u32::try_from(self.limit).unwrap_or(u32::MAX);
         loop {
             let wait = match self.store.admit_call(limit, WINDOW + MARGIN).await {
@@ -140,7 +165,7 @@ impl RateLimiter {
                         return Permit {
                             limiter: self,
                             id,
-                            shared: 0,
+                            shared: None,
                         };
                     }
                     (Some(until), false) => Some(until),
@@ -159,18 +184,43 @@ impl RateLimiter {
         }
     }
 
-    /// HubSpot said how many calls its window has left: spread those evenly
-    /// over its interval once they are fewer than ours.
-    pub async fn observe_remaining(&self, remaining: u32, interval: Duration) {
-        let ours = self.limit.saturating_sub(self.state.borrow().calls.len());
+    /// HubSpot said how many calls its window has left, answering a call
+    /// after which ours holds `in_window`: spread those evenly over its
+    /// interval once they are fewer than ours (someone else calls with our
+    /// quota, or its limit is lower than ours).
+    pub async fn observe_remaining(&self, in_window: usize, remaining: u32, interval: Duration) {
+        let ours = self.limit.saturating_sub(in_window);
         if (remaining as usize) < ours {
             self.hold_for(interval / (remaining + 1)).await;
         }
     }
 
+    /// Marks the call answered, the first time only; returns the calls the
+    /// window holds.
+    fn mark_answered(&self, id: u64) -> usize {
+        let now = Instant::now();
+        let mut window = self.state.borrow_mut();
+        if let Some(call) = window
+            .calls
+            .iter_mut()
+            .find(|(call, answered)| *call == id && answered.is_none())
+        {
+            call.1 = Some(now);
+        }
+        let held = window
+            .calls
+            .iter()
+            .filter(|(_, answered)| answered.is_none_or(|at| at + WINDOW + MARGIN > now))
+            .count();
+        drop(window);
+        self.answered.notify_waiters();
+        held
+    }
+
     /// HubSpot answered 429: nobody calls before `pause` has passed — in this
     /// process at once, in the other replicas from their next call.
     pub async fn hold_for(&self, pause: Duration) {
+        tracing::debug!(pause_ms = pause.as_millis() as u64, "hubspot calls held");
         self.state.borrow_mut().hold(Instant::now() + pause);
         if let Err(err) = self.store.hold_calls(pause).await {
             tracing::warn!(error = %err, "cannot share HubSpot's pause with the other replicas");
@@ -266,8 +316,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn hubspot_running_low_spaces_the_calls_out() {
         let (limiter, _dir) = limiter(100);
-        drop(limiter.acquire().await);
-        limiter.observe_remaining(1, WINDOW).await;
+        let in_window = limiter.acquire().await.answered().await;
+        limiter.observe_remaining(in_window, 1, WINDOW).await;
         let start = Instant::now();
         drop(limiter.acquire().await);
         assert!(start.elapsed() >= WINDOW / 2);

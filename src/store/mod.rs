@@ -431,21 +431,24 @@ pub trait Store: Send + Sync {
     // What replicas sharing the store must agree on. A store of one process
     // leaves it to the process (its limiter and its refresh lock suffice).
 
-    /// Admits one HubSpot call for the whole deployment: `Ok(call)` to pass
-    /// to [`Store::call_answered`], or `Err(wait)` when the deployment's
-    /// window (`limit` calls, each counted until `window` after its answer)
-    /// is full or HubSpot asked every replica to pause.
+    /// Admits one HubSpot call for the whole deployment: `Ok(Some(call))` to
+    /// pass to [`Store::call_answered`], `Ok(None)` when the store leaves the
+    /// window to the process, or
+    /// `Err(wait)` when the deployment's window (`limit` calls, each counted
+    /// until `window` after its answer) is full or HubSpot asked every
+    /// replica to pause.
     async fn admit_call(
         &self,
         _limit: u32,
         _window: Duration,
-    ) -> Result<Result<i64, Duration>, StoreError> {
-        Ok(Ok(0))
+    ) -> Result<Result<Option<i64>, Duration>, StoreError> {
+        Ok(Ok(None))
     }
 
     /// The call HubSpot answered: its place in the window starts to age.
-    async fn call_answered(&self, _call: i64) -> Result<(), StoreError> {
-        Ok(())
+    /// Returns the calls the deployment's window holds now.
+    async fn call_answered(&self, _call: i64) -> Result<u32, StoreError> {
+        Ok(0)
     }
 
     /// HubSpot asked to slow down: no replica calls for `pause`.

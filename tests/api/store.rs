@@ -743,6 +743,51 @@ async fn concurrent_writes_share_commits_and_all_land() {
     store.close().await;
 }
 
+/// Concurrent deliveries, committed together: equal ones stored once, and
+/// one the database refuses (PostgreSQL takes no NUL in text) fails alone.
+async fn concurrent_deliveries_dedupe_and_fail_alone(store: Arc<dyn Store>) {
+    const REFUSED: i64 = 25;
+    let writes = (0..60).map(|i| {
+        let store = Arc::clone(&store);
+        async move {
+            // 40 to 59 repeat 0 to 19.
+            let n = if i >= 40 { i - 40 } else { i };
+            let email = if n == REFUSED {
+                "nul\u{0}@x.io".to_owned()
+            } else {
+                format!("p{n}@x.io")
+            };
+            let records = vec![record(&email, State::Attend, n)];
+            store.ingest(delivery(&format!("d{i}")), records).await
+        }
+    });
+    let outcomes = futures_util::future::join_all(writes).await;
+    let accepted = |i: usize| outcomes[i].as_ref().map(|o| o.accepted()).unwrap();
+    for n in (0..40).filter(|n| *n != REFUSED as usize) {
+        let copies = if n < 20 { accepted(n) + accepted(n + 40) } else { accepted(n) };
+        assert_eq!(copies, 1, "p{n} stored once");
+    }
+    let stored = store.records(None, 1000).await.unwrap();
+    let refused = outcomes[REFUSED as usize].is_err();
+    assert_eq!(stored.len(), if refused { 39 } else { 40 });
+    store.close().await;
+}
+
+#[actix_web::test]
+async fn concurrent_deliveries_dedupe_and_fail_alone_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_deliveries_dedupe_and_fail_alone(open_sqlite(&dir.path().join("relay.db"))).await;
+}
+
+#[actix_web::test]
+async fn concurrent_deliveries_dedupe_and_fail_alone_on_postgres() {
+    let Some(database) = crate::pg::TestDatabase::create() else {
+        return;
+    };
+    let store = Arc::new(PostgresStore::open(&database.url).unwrap());
+    concurrent_deliveries_dedupe_and_fail_alone(store).await;
+}
+
 /// A copy of a fixture store written by an earlier release.
 fn fixture(name: &str, dir: &Path) -> std::path::PathBuf {
     let path = dir.join("relay.db");

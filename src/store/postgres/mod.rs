@@ -262,8 +262,7 @@ async fn db_now(client: &impl GenericClient) -> Result<i64, StoreError> {
         .map_err(pg_error)
 }
 
-/// Commits whatever ingests queued up meanwhile in one transaction; each in
-/// a savepoint, so one that fails does not sink the others.
+/// Commits whatever ingests queued up meanwhile in one transaction.
 async fn run_writer(pool: Pool, mut inbox: mpsc::Receiver<IngestJob>, alive: Arc<AtomicBool>) {
     while let Some(first) = inbox.recv().await {
         let mut group = vec![first];
@@ -297,148 +296,294 @@ async fn run_writer(pool: Pool, mut inbox: mpsc::Receiver<IngestJob>, alive: Arc
     alive.store(false, Ordering::SeqCst);
 }
 
+/// The whole group in a few multi-row statements; if one of its rows makes a
+/// statement fail, each delivery is stored again alone (in a savepoint), so
+/// it sinks no other.
 async fn commit_group(
     pool: &Pool,
     group: &[IngestJob],
 ) -> Result<Vec<Result<IngestOutcome, StoreError>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
+    let jobs: Vec<(&Delivery, &[NewRecord])> = group
+        .iter()
+        .map(|(delivery, records, _)| (delivery, &records[..]))
+        .collect();
+    let tx = client.transaction().await.map_err(pg_error)?;
+    match insert_deliveries(&tx, &jobs).await {
+        Ok(outcomes) => {
+            tx.commit().await.map_err(pg_error)?;
+            return Ok(outcomes.into_iter().map(Ok).collect());
+        }
+        Err(StoreError::Broken(err)) => {
+            tracing::warn!(error = %err, "a delivery cannot be stored: storing its group one by one");
+            tx.rollback().await.map_err(pg_error)?;
+        }
+        Err(err) => return Err(err),
+    }
     let mut tx = client.transaction().await.map_err(pg_error)?;
-    let now = db_now(&tx).await?;
-    let mut outcomes = Vec::with_capacity(group.len());
-    for (delivery, records, _) in group {
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in &jobs {
         let savepoint = tx.savepoint("job").await.map_err(pg_error)?;
-        let outcome = insert_delivery(&savepoint, delivery, records, now).await;
+        let outcome = insert_deliveries(&savepoint, std::slice::from_ref(job)).await;
         match outcome {
             Ok(_) => savepoint.commit().await.map_err(pg_error)?,
             Err(_) => savepoint.rollback().await.map_err(pg_error)?,
         }
-        outcomes.push(outcome);
+        outcomes.push(outcome.map(|mut one| one.remove(0)));
     }
     tx.commit().await.map_err(pg_error)?;
     Ok(outcomes)
 }
 
-async fn insert_delivery(
+/// Stores deliveries and their records: one statement for the deliveries,
+/// then those of [`insert_records`]; a delivery that brought nothing new
+/// leaves no trace to purge later.
+async fn insert_deliveries(
     tx: &impl GenericClient,
-    delivery: &Delivery,
-    records: &[NewRecord],
-    now: i64,
-) -> Result<IngestOutcome, StoreError> {
-    let status = if delivery.deferred { "fetch" } else { "done" };
-    let id: i64 = tx
-        .query_one(
-            "INSERT INTO deliveries (source, received_ms, body, status, next_attempt_ms, updated_ms)
-             VALUES ($1, $2, $3, $4, $2, $2) RETURNING id",
-            &[&delivery.source, &delivery.received_ms, &delivery.body, &status],
+    jobs: &[(&Delivery, &[NewRecord])],
+) -> Result<Vec<IngestOutcome>, StoreError> {
+    let sources: Vec<&str> = jobs.iter().map(|(d, _)| d.source).collect();
+    let received: Vec<i64> = jobs.iter().map(|(d, _)| d.received_ms).collect();
+    let bodies: Vec<&[u8]> = jobs.iter().map(|(d, _)| &d.body[..]).collect();
+    let statuses: Vec<&str> = jobs
+        .iter()
+        .map(|(d, _)| if d.deferred { "fetch" } else { "done" })
+        .collect();
+    // Ids drawn before the insert, so each is known to be its input's.
+    let ids: Vec<i64> = tx
+        .query(
+            "WITH d AS MATERIALIZED (
+                 SELECT nextval('deliveries_id_seq') AS id, u.*
+                 FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::text[]) WITH ORDINALITY
+                     AS u(source, received_ms, body, status, n)),
+             stored AS (
+                 INSERT INTO deliveries (id, source, received_ms, body, status, next_attempt_ms, updated_ms)
+                 SELECT id, source, received_ms, body, status, received_ms, received_ms FROM d)
+             SELECT id FROM d ORDER BY n",
+            &[&sources, &received, &bodies, &statuses],
         )
         .await
         .map_err(pg_error)?
-        .get(0);
-    let fresh = insert_records(tx, id, delivery.source, now, records).await?;
-    if !delivery.deferred && !fresh.contains(&true) {
-        // Nothing new: a repeated delivery leaves no trace to purge later.
-        tx.execute("DELETE FROM deliveries WHERE id = $1", &[&id])
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let rows = jobs
+        .iter()
+        .zip(&ids)
+        .flat_map(|((delivery, records), id)| {
+            records
+                .iter()
+                .map(move |record| (*id, delivery.source, record.clone()))
+        })
+        .collect();
+    let mut fresh = insert_records(tx, rows).await?.into_iter();
+    let outcomes: Vec<IngestOutcome> = jobs
+        .iter()
+        .map(|(_, records)| IngestOutcome {
+            fresh: fresh.by_ref().take(records.len()).collect(),
+        })
+        .collect();
+    let stale: Vec<i64> = jobs
+        .iter()
+        .zip(&ids)
+        .zip(&outcomes)
+        .filter(|(((delivery, _), _), outcome)| !delivery.deferred && !outcome.fresh.contains(&true))
+        .map(|((_, id), _)| *id)
+        .collect();
+    if !stale.is_empty() {
+        tx.execute("DELETE FROM deliveries WHERE id = ANY($1)", &[&stale])
             .await
             .map_err(pg_error)?;
     }
-    Ok(IngestOutcome { fresh })
+    Ok(outcomes)
 }
 
-async fn group_id(tx: &impl GenericClient, record: &NewRecord) -> Result<i64, StoreError> {
-    let key: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [
-        &record.external_account_id,
-        &record.external_event_id,
-        &record.state.as_str(),
-    ];
-    let select = "SELECT id FROM groups
-                  WHERE external_account_id = $1 AND external_event_id = $2 AND state = $3";
-    if let Some(row) = tx.query_opt(select, &key).await.map_err(pg_error)? {
-        return Ok(row.get(0));
-    }
-    tx.execute(
-        "INSERT INTO groups (external_account_id, external_event_id, state) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
-        &key,
-    )
-    .await
-    .map_err(pg_error)?;
-    // Another replica may have inserted it first: read whichever row won.
-    Ok(tx.query_one(select, &key).await.map_err(pg_error)?.get(0))
-}
+/// A record to store: its delivery's id and source.
+type RecordRow<'a> = (i64, &'a str, NewRecord);
 
+/// Stores records (each new to the store or a duplicate, `fresh` in their
+/// order), whatever their number, in three statements — five when leaves
+/// among them look for the join they close: those come after the joins, so
+/// a join and its leave may arrive in one commit.
 async fn insert_records(
     tx: &impl GenericClient,
-    delivery_id: i64,
-    source: &str,
-    now: i64,
-    records: &[NewRecord],
+    mut rows: Vec<RecordRow<'_>>,
 ) -> Result<Vec<bool>, StoreError> {
-    let mut fresh = Vec::with_capacity(records.len());
-    for record in records {
-        let mut record = record.clone();
-        if record.wants_join() {
-            let joined: Option<i64> = tx
-                .query_one(
-                    "SELECT MAX(interaction_ms) FROM records
-                     WHERE external_event_id = $1 AND email = $2 AND source = $3
-                       AND state = 'attend' AND external_account_id = $4 AND interaction_ms <= $5
-                       AND (properties::jsonb ->> 'joinedAt') IS NOT NULL
-                       AND (properties::jsonb ->> 'leftAt') IS NULL",
-                    &[
-                        &record.external_event_id,
-                        &record.email,
-                        &source,
-                        &record.external_account_id,
-                        &record.interaction_ms,
-                    ],
-                )
-                .await
-                .map_err(pg_error)?
-                .get(0);
-            if let Some(joined_ms) = joined {
-                record.close_session(joined_ms);
-            }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    insert_groups(tx, &rows).await?;
+    let (leaves, others): (Vec<usize>, Vec<usize>) =
+        (0..rows.len()).partition(|&i| rows[i].2.wants_join());
+    let mut fresh = vec![false; rows.len()];
+    store_records(tx, &rows, &others, &mut fresh).await?;
+    if !leaves.is_empty() {
+        let (mut events, mut emails, mut sources, mut accounts, mut times) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for &i in &leaves {
+            let (_, source, record) = &rows[i];
+            events.push(record.external_event_id.as_str());
+            emails.push(record.email.as_str());
+            sources.push(*source);
+            accounts.push(record.external_account_id.as_str());
+            times.push(record.interaction_ms);
         }
-        let group = group_id(tx, &record).await?;
-        let properties = serde_json::to_string(&record.properties).expect("string map serializes");
-        let event_info = record
-            .event
-            .as_ref()
-            .map(|e| serde_json::to_string(e).expect("serializes"));
-        let inserted = tx
-            .query_opt(
-                "INSERT INTO records (delivery_id, group_id, dedupe_key, source, state, email,
-                     first_name, last_name, vid, participant, external_event_id, external_account_id,
-                     interaction_ms, properties, event_info, status, next_attempt_ms, created_ms,
-                     updated_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                     $17, $17, $17)
-                 ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-                &[
-                    &delivery_id,
-                    &group,
-                    &&record.dedupe_key(source)[..],
-                    &source,
-                    &record.state.as_str(),
-                    &record.email,
-                    &record.first_name,
-                    &record.last_name,
-                    &record.vid,
-                    &record.participant,
-                    &record.external_event_id,
-                    &record.external_account_id,
-                    &record.interaction_ms,
-                    &properties,
-                    &event_info,
-                    &RecordStatus::initial(&record).as_str(),
-                    &now,
-                ],
+        let joins = tx
+            .query(
+                "SELECT (SELECT MAX(interaction_ms) FROM records
+                         WHERE external_event_id = u.event AND email = u.email AND source = u.source
+                           AND state = 'attend' AND external_account_id = u.account
+                           AND interaction_ms <= u.at
+                           AND (properties::jsonb ->> 'joinedAt') IS NOT NULL
+                           AND (properties::jsonb ->> 'leftAt') IS NULL)
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                     WITH ORDINALITY AS u(event, email, source, account, at, n)
+                 ORDER BY n",
+                &[&events, &emails, &sources, &accounts, &times],
             )
             .await
             .map_err(pg_error)?;
-        fresh.push(inserted.is_some());
+        for (&i, row) in leaves.iter().zip(&joins) {
+            if let Some(joined_ms) = row.get::<_, Option<i64>>(0) {
+                rows[i].2.close_session(joined_ms);
+            }
+        }
+        store_records(tx, &rows, &leaves, &mut fresh).await?;
     }
     Ok(fresh)
+}
+
+/// The groups of `rows` that are not there yet. Read back by the next
+/// statement, which also sees the ones another replica committed meanwhile.
+async fn insert_groups(tx: &impl GenericClient, rows: &[RecordRow<'_>]) -> Result<(), StoreError> {
+    let (mut accounts, mut events, mut states) = (Vec::new(), Vec::new(), Vec::new());
+    for (_, _, record) in rows {
+        accounts.push(record.external_account_id.as_str());
+        events.push(record.external_event_id.as_str());
+        states.push(record.state.as_str());
+    }
+    tx.execute(
+        "INSERT INTO groups (external_account_id, external_event_id, state)
+         SELECT DISTINCT k.account, k.event, k.state
+         FROM unnest($1::text[], $2::text[], $3::text[]) AS k(account, event, state)
+         WHERE NOT EXISTS (SELECT 1 FROM groups g WHERE g.external_account_id = k.account
+                               AND g.external_event_id = k.event AND g.state = k.state)
+         ON CONFLICT DO NOTHING",
+        &[&accounts, &events, &states],
+    )
+    .await
+    .map(drop)
+    .map_err(pg_error)
+}
+
+/// One statement for the records `which` of `rows`, marking each stored one
+/// fresh: the first of equal records (here or in the store) wins.
+async fn store_records(
+    tx: &impl GenericClient,
+    rows: &[RecordRow<'_>],
+    which: &[usize],
+    fresh: &mut [bool],
+) -> Result<(), StoreError> {
+    if which.is_empty() {
+        return Ok(());
+    }
+    let n = which.len();
+    let (mut deliveries, mut keys, mut sources, mut states, mut emails) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut first_names, mut last_names, mut vids, mut participants) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut events, mut accounts, mut times, mut properties, mut infos, mut statuses) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for &i in which {
+        let (delivery, source, record) = &rows[i];
+        deliveries.push(*delivery);
+        keys.push(record.dedupe_key(source).to_vec());
+        sources.push(*source);
+        states.push(record.state.as_str());
+        emails.push(record.email.as_str());
+        first_names.push(record.first_name.as_deref());
+        last_names.push(record.last_name.as_deref());
+        vids.push(record.vid);
+        participants.push(record.participant.as_deref());
+        events.push(record.external_event_id.as_str());
+        accounts.push(record.external_account_id.as_str());
+        times.push(record.interaction_ms);
+        properties.push(serde_json::to_string(&record.properties).expect("string map serializes"));
+        infos.push(
+            record
+                .event
+                .as_ref()
+                .map(|e| serde_json::to_string(e).expect("serializes")),
+        );
+        statuses.push(RecordStatus::initial(record).as_str());
+    }
+    let stored = tx
+        .query(
+            "WITH r AS MATERIALIZED (
+                 SELECT nextval('records_id_seq') AS id, u.*
+                 FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::bigint[], $9::text[], $10::text[],
+                             $11::text[], $12::bigint[], $13::text[], $14::text[], $15::text[])
+                     WITH ORDINALITY AS u(delivery_id, dedupe_key, source, state, email,
+                         first_name, last_name, vid, participant, external_event_id,
+                         external_account_id, interaction_ms, properties, event_info, status, n)),
+             now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms),
+             stored AS (
+                 INSERT INTO records (id, delivery_id, group_id, dedupe_key, source, state, email,
+                     first_name, last_name, vid, participant, external_event_id,
+                     external_account_id, interaction_ms, properties, event_info, status,
+                     next_attempt_ms, created_ms, updated_ms)
+                 SELECT r.id, r.delivery_id, g.id, r.dedupe_key, r.source, r.state, r.email,
+                     r.first_name, r.last_name, r.vid, r.participant, r.external_event_id,
+                     r.external_account_id, r.interaction_ms, r.properties, r.event_info, r.status,
+                     now.ms, now.ms, now.ms
+                 FROM r CROSS JOIN now
+                 JOIN groups g ON g.external_account_id = r.external_account_id
+                     AND g.external_event_id = r.external_event_id AND g.state = r.state
+                 ORDER BY r.n
+                 ON CONFLICT (dedupe_key) DO NOTHING
+                 RETURNING id)
+             SELECT r.n FROM r JOIN stored USING (id)",
+            &[
+                &deliveries,
+                &keys,
+                &sources,
+                &states,
+                &emails,
+                &first_names,
+                &last_names,
+                &vids,
+                &participants,
+                &events,
+                &accounts,
+                &times,
+                &properties,
+                &infos,
+                &statuses,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    for row in stored {
+        let n: i64 = row.get(0);
+        fresh[which[(n - 1) as usize]] = true;
+    }
+    Ok(())
 }
 
 const RECORD_COLUMNS: &str = "id, source, state, status, email, first_name, last_name, vid,
@@ -547,12 +692,18 @@ async fn claim(
     let lease_until = now.saturating_add(duration_ms(request.lease));
     let mut batches = Vec::new();
     while let Some((group, limit)) = plan.next_read() {
-        // Rows another replica is claiming right now are skipped, not waited for.
+        // A group another replica is claiming right now is skipped, not
+        // waited for, and not shared: two claims reading one group at once
+        // would split its next batch between them. (Ingest's key-share locks
+        // on the group row do not conflict.)
         let rows = tx
             .query(
                 &format!(
-                    "SELECT {RECORD_COLUMNS} FROM records
-                     WHERE status = 'pending' AND group_id = $1 AND next_attempt_ms <= $2
+                    "WITH claiming AS (
+                         SELECT id FROM groups WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED)
+                     SELECT {RECORD_COLUMNS} FROM records
+                     WHERE status = 'pending' AND group_id = (SELECT id FROM claiming)
+                       AND next_attempt_ms <= $2
                      ORDER BY next_attempt_ms, id LIMIT $3 FOR UPDATE SKIP LOCKED"
                 ),
                 &[&group, &now, &(limit as i64)],
@@ -1025,8 +1176,11 @@ impl Store for PostgresStore {
             }
             let (status, next_attempt, error, fresh) = match &outcome {
                 FetchOutcome::Resolved { records, problem } => {
-                    let fresh =
-                        insert_records(&tx, delivery.id, &delivery.source, now, records).await?;
+                    let rows = records
+                        .iter()
+                        .map(|record| (delivery.id, delivery.source.as_str(), record.clone()))
+                        .collect();
+                    let fresh = insert_records(&tx, rows).await?;
                     let status = if problem.is_some() { "failed" } else { "done" };
                     (status, None, problem.clone(), fresh)
                 }
@@ -1144,41 +1298,44 @@ impl Store for PostgresStore {
         &self,
         limit: u32,
         window: Duration,
-    ) -> Result<Result<i64, Duration>, StoreError> {
+    ) -> Result<Result<Option<i64>, Duration>, StoreError> {
         let (limit, window) = (
             i32::try_from(limit).unwrap_or(i32::MAX),
             duration_ms(window),
         );
         self.with(move |client| async move {
-            let answer: i64 = client
+            let row = client
                 .query_one(
-                    "SELECT relay_admit_call($1, $2, $3)",
+                    "SELECT call, wait_ms FROM relay_admit_hubspot_call($1, $2, $3)",
                     &[&limit, &window, &(window + duration_ms(LOST_CALL))],
                 )
                 .await
-                .map_err(pg_error)?
-                .get(0);
-            Ok(if answer > 0 {
-                Ok(answer)
-            } else {
-                Err(Duration::from_millis(answer.unsigned_abs()))
+                .map_err(pg_error)?;
+            Ok(match row.get::<_, Option<i64>>(0) {
+                Some(call) => Ok(Some(call)),
+                None => Err(Duration::from_millis(
+                    u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                )),
             })
         })
         .await
     }
 
-    async fn call_answered(&self, call: i64) -> Result<(), StoreError> {
+    async fn call_answered(&self, call: i64) -> Result<u32, StoreError> {
         self.with(move |client| async move {
-            client
-                .execute(
-                    "UPDATE hubspot_calls
-                     SET answered_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
-                     WHERE id = $1",
+            // The count does not depend on this call's update: it is in the window either way.
+            let row = client
+                .query_one(
+                    "WITH answered AS (
+                         UPDATE hubspot_calls
+                         SET answered_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                         WHERE id = $1)
+                     SELECT COUNT(*) FROM hubspot_calls",
                     &[&call],
                 )
                 .await
-                .map(drop)
-                .map_err(pg_error)
+                .map_err(pg_error)?;
+            Ok(u32::try_from(row.get::<_, i64>(0)).unwrap_or(u32::MAX))
         })
         .await
     }

@@ -90,32 +90,42 @@ CREATE TABLE hubspot_pause (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
     not_before_ms BIGINT NOT NULL
 );
--- One round trip per call: admits it (its id) or says how long to wait (< 0).
--- A call counts from its start until `window_ms` after its answer; one whose
--- replica died before the answer counts for `lost_ms` after its start.
-CREATE FUNCTION relay_admit_call(call_limit INTEGER, window_ms BIGINT, lost_ms BIGINT)
-RETURNS BIGINT LANGUAGE plpgsql AS $$
+"#;
+
+/// Functions, replaced at every start: they are code, not data, and change
+/// without a schema version.
+pub const FUNCTIONS: &str = r#"
+-- One round trip per call: admits it (`call`) or says how long to wait
+-- (`wait_ms`). A call counts from its
+-- start until `window_ms` after its answer; one whose replica died before the
+-- answer counts for `lost_ms` after its start. An answer only ever frees a
+-- place a window from now, so the wait ends exactly when the first place
+-- frees, or after a window at most.
+CREATE OR REPLACE FUNCTION relay_admit_hubspot_call(
+    call_limit INTEGER, window_ms BIGINT, lost_ms BIGINT,
+    OUT call BIGINT, OUT wait_ms BIGINT)
+LANGUAGE plpgsql AS $$
 DECLARE
     now_ms BIGINT := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
     paused_until BIGINT;
     counted INTEGER;
     frees_at BIGINT;
-    admitted BIGINT;
 BEGIN
     PERFORM pg_advisory_xact_lock(7468201);
     DELETE FROM hubspot_calls
     WHERE COALESCE(answered_ms + window_ms, started_ms + lost_ms) <= now_ms;
     SELECT not_before_ms INTO paused_until FROM hubspot_pause WHERE id = 1;
     IF paused_until > now_ms THEN
-        RETURN -(paused_until - now_ms);
+        wait_ms := paused_until - now_ms;
+        RETURN;
     END IF;
     SELECT COUNT(*), MIN(COALESCE(answered_ms + window_ms, started_ms + lost_ms))
         INTO counted, frees_at FROM hubspot_calls;
     IF counted >= call_limit THEN
-        RETURN -GREATEST(LEAST(frees_at - now_ms, 100), 10);
+        wait_ms := LEAST(frees_at - now_ms, window_ms);
+        RETURN;
     END IF;
-    INSERT INTO hubspot_calls (started_ms) VALUES (now_ms) RETURNING id INTO admitted;
-    RETURN admitted;
+    INSERT INTO hubspot_calls (started_ms) VALUES (now_ms) RETURNING id INTO call;
 END $$;
 "#;
 
@@ -172,5 +182,6 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
             .map_err(pg_error)?;
         }
     }
+    tx.batch_execute(FUNCTIONS).await.map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)
 }

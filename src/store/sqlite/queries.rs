@@ -260,13 +260,16 @@ fn due_of_group(
 /// Groups with pending records and when their first record is due; a
 /// skip-scan of the queue index, one seek per group.
 fn pending_groups(conn: &Connection) -> Result<Vec<(i64, i64)>> {
+    // Named, as the planner would rather read every pending row through
+    // the status index (200 ms for 12,000 rows in 50 groups, against 7 ms).
     conn.prepare_cached(
         "WITH RECURSIVE g(id) AS (
-             SELECT MIN(group_id) FROM records WHERE status = 'pending'
+             SELECT MIN(group_id) FROM records INDEXED BY records_queue WHERE status = 'pending'
              UNION ALL
-             SELECT (SELECT MIN(group_id) FROM records WHERE status = 'pending' AND group_id > g.id)
+             SELECT (SELECT MIN(group_id) FROM records INDEXED BY records_queue
+                     WHERE status = 'pending' AND group_id > g.id)
              FROM g WHERE g.id IS NOT NULL)
-         SELECT g.id, (SELECT MIN(next_attempt_ms) FROM records
+         SELECT g.id, (SELECT MIN(next_attempt_ms) FROM records INDEXED BY records_queue
                        WHERE status = 'pending' AND group_id = g.id)
          FROM g WHERE g.id IS NOT NULL
            AND g.id NOT IN (SELECT id FROM groups WHERE state = 'complete')",
