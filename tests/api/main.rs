@@ -11,6 +11,7 @@ mod eventbrite;
 mod forwarding;
 mod generic;
 mod helpers;
+mod hostile;
 mod oauth;
 mod openapi;
 mod operations;
