@@ -113,7 +113,7 @@ fn fetchable(api_url: &str, base: &Url) -> Result<Url, String> {
 }
 
 fn parse(body: &[u8]) -> Result<Webhook, String> {
-    serde_json::from_slice(body)
+    serde_json::from_str(super::json_text(body)?)
         .map_err(|err| format!("not an Eventbrite webhook (config.action and api_url): {err}"))
 }
 

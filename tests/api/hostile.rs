@@ -166,6 +166,19 @@ fn catalogue() -> Vec<Case> {
         br#"{"event": "webinar.participant_joined", "payload": {"x": ""#.to_vec();
     invalid_utf8.extend_from_slice(&[0xff, 0xfe, 0xc3, 0x28]);
     invalid_utf8.extend_from_slice(br#""}}"#);
+    // Valid deliveries but for bytes that are not UTF-8 in a field the
+    // gateway does not read (serde skips such fields unchecked).
+    let in_ignored_field = |body: &[u8]| {
+        let mut body = body.to_vec();
+        let at = body.len() - 1;
+        body.splice(at..at, *b",\"extra\": \"\xff\xfe\"");
+        body
+    };
+    let eventbrite_placed = serde_json::to_vec(&json!({
+        "config": {"action": "order.placed", "user_id": "eb-org-42"},
+        "api_url": "https://www.eventbriteapi.com/v3/orders/900/"
+    }))
+    .unwrap();
     let drip_every = Duration::from_millis(500);
     vec![
         // Heads past what the parser buffers, or with more headers than it indexes.
@@ -235,6 +248,16 @@ fn catalogue() -> Vec<Case> {
         case(
             "invalid UTF-8, with the path token (Eventbrite)",
             eventbrite_request(EVENTBRITE_TOKEN, &invalid_utf8),
+            &[400],
+        ),
+        case(
+            "invalid UTF-8 in an ignored field, signed (Zoom)",
+            zoom_request(&in_ignored_field(&join), ""),
+            &[400],
+        ),
+        case(
+            "invalid UTF-8 in an ignored field, with the path token (Eventbrite)",
+            eventbrite_request(EVENTBRITE_TOKEN, &in_ignored_field(&eventbrite_placed)),
             &[400],
         ),
         // A genuine delivery declared as something else than JSON.
