@@ -496,11 +496,9 @@ fn catalogue() -> Vec<Case> {
         // Bodies past RELAY_MAX_BODY_BYTES.
         case(
             "a declared 10 GB body",
-            format!(
-                "POST /webhooks/zoom HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n\
-                 Content-Length: 10000000000\r\n\r\n{{"
-            )
-            .into_bytes(),
+            b"POST /webhooks/zoom HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n\
+              Content-Length: 10000000000\r\n\r\n{"
+                .to_vec(),
             &[413],
         ),
         case(
@@ -642,7 +640,7 @@ async fn hostile_requests_are_refused_or_closed_and_change_nothing() {
     for (name, allowed, outcome) in futures_util::future::join_all(runs).await {
         let ok = match &outcome {
             Ok(Outcome::Closed) => true,
-            Ok(Outcome::Status(status)) => allowed.contains(&status),
+            Ok(Outcome::Status(status)) => allowed.contains(status),
             Err(_) => false,
         };
         if !ok {
