@@ -212,7 +212,7 @@ fn catalogue() -> Vec<Case> {
         case(
             "the HTTP/2 preface on an HTTP/1 listener",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            &[400, 404, 505],
+            &[400],
         ),
         // Bodies that authenticate but must not parse.
         case(
@@ -364,17 +364,17 @@ fn catalogue() -> Vec<Case> {
         case(
             "an absolute-form target naming another host",
             post_unsigned("http://admin.internal/webhooks/zoom", "{}"),
-            &[401, 404],
+            &[401],
         ),
         case(
             "a 16 KiB path",
             get(&format!("/webhooks/{}", "a".repeat(16 * 1024))),
-            &[404, 414],
+            &[404],
         ),
         case(
             "a 200 KiB path",
             get(&format!("/webhooks/{}", "a".repeat(200 * 1024))),
-            &[414, 431],
+            &[431],
         ),
         // Framing that two parsers could read differently (request smuggling).
         case(
@@ -423,7 +423,7 @@ fn catalogue() -> Vec<Case> {
         case(
             "a Content-Length past 64 bits",
             with_smuggled(&zoom_head("Content-Length: 99999999999999999999999\r\n"), "", 8),
-            &[400, 413],
+            &[400],
         ),
         case(
             "Transfer-Encoding: chunked, identity",
@@ -485,8 +485,10 @@ fn catalogue() -> Vec<Case> {
         case(
             "a chunk shorter than its size",
             with_smuggled(&zoom_head("Transfer-Encoding: chunked\r\n"), "5\r\nab\r\n0\r\n\r\n", 18),
-            &[400, 401],
+            &[400],
         ),
+        // actix-web reads the rest of such a connection as the body: the
+        // body's deadline ends it.
         case(
             "a websocket upgrade with a body",
             with_smuggled(
@@ -494,7 +496,7 @@ fn catalogue() -> Vec<Case> {
                 "0\r\n\r\n",
                 19,
             ),
-            &[400, 401, 404, 408],
+            &[408],
         ),
         // Bodies past RELAY_MAX_BODY_BYTES.
         case(
@@ -641,6 +643,8 @@ async fn hostile_requests_are_refused_or_closed_and_change_nothing() {
     });
     let mut refused = Vec::new();
     for (name, allowed, outcome) in futures_util::future::join_all(runs).await {
+        // The catalogue's answers, for RELIABILITY.md (`-- --nocapture`).
+        eprintln!("hostile: {name}: {outcome:?}");
         let ok = match &outcome {
             Ok(Outcome::Closed) => true,
             Ok(Outcome::Status(status)) => allowed.contains(status),
