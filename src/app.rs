@@ -27,6 +27,17 @@ use crate::{
 
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: u64 = 30;
+/// A request's head must arrive within this (else 408 and the connection is
+/// closed), so a client trickling header lines cannot hold a connection.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle keep-alive connection is closed after this.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A kept-alive connection's next head must be complete this long after the
+/// answer before it (actix-web times only a connection's first head): the
+/// idle wait, then a head's own time.
+const NEXT_HEAD_LIMIT: Duration = KEEP_ALIVE.saturating_add(HEAD_TIMEOUT);
+/// A closing connection whose client does not finish its side is dropped after this.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Rows one purge commit removes: small enough that ingest's commits never
 /// wait long behind it.
@@ -167,9 +178,14 @@ impl Application {
         let mut public = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(http::count_requests))
+                .wrap(from_fn(http::connection::mark_requests))
                 .configure(|cfg| http::public(cfg, public_state.clone(), sources.clone()))
                 .default_service(web::to(http::not_found))
         })
+        .on_connect(|io, data| http::connection::watch(io, data, NEXT_HEAD_LIMIT))
+        .client_request_timeout(HEAD_TIMEOUT)
+        .keep_alive(KEEP_ALIVE)
+        .client_disconnect_timeout(DISCONNECT_TIMEOUT)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE);
         if let Some(workers) = settings.workers {
@@ -190,6 +206,9 @@ impl Application {
                 .default_service(web::to(http::not_found))
         })
         .workers(1)
+        .client_request_timeout(HEAD_TIMEOUT)
+        .keep_alive(KEEP_ALIVE)
+        .client_disconnect_timeout(DISCONNECT_TIMEOUT)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE)
         .listen(admin_listener)

@@ -22,6 +22,10 @@ pub enum ApiError {
     Invalid(String),
     #[error("body exceeds the limit of {0} bytes")]
     TooLarge(usize),
+    #[error("the body did not arrive within {0} s")]
+    SlowBody(u64),
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
     /// Never a 4xx: platforms retry only 5xx and network failures.
     #[error("the store cannot take the write now; retry later")]
     Unavailable(#[source] StoreError),
@@ -41,7 +45,10 @@ impl ApiError {
     pub fn outcome(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) | ApiError::NotFound => "unauthorized",
-            ApiError::Invalid(_) | ApiError::UnknownRecord(_) => "invalid",
+            ApiError::Invalid(_)
+            | ApiError::UnknownRecord(_)
+            | ApiError::SlowBody(_)
+            | ApiError::UnsupportedMediaType => "invalid",
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unavailable(_) | ApiError::Busy | ApiError::StoreFailed(_) => "unavailable",
         }
@@ -53,6 +60,8 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::Invalid(_) => "invalid_request",
             ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::SlowBody(_) => "request_timeout",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unavailable(_) | ApiError::StoreFailed(_) => "store_unavailable",
             ApiError::Busy => "busy",
             ApiError::UnknownRecord(_) => "no_such_record",
@@ -87,6 +96,8 @@ impl ResponseError for ApiError {
             ApiError::NotFound | ApiError::UnknownRecord(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) | ApiError::Busy | ApiError::StoreFailed(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -3,6 +3,7 @@
 //! [`ROUTES`], which the OpenAPI test holds against `openapi.json`.
 
 pub mod admin;
+pub(crate) mod connection;
 pub mod error;
 mod webhooks;
 

@@ -3,7 +3,10 @@
 
 use actix_web::{
     HttpRequest, HttpResponse,
-    http::{Method, header::CONTENT_LENGTH},
+    http::{
+        Method,
+        header::{CONTENT_LENGTH, CONTENT_TYPE},
+    },
     web,
 };
 use serde::Serialize;
@@ -17,6 +20,11 @@ use crate::{
 
 /// The in-flight budget counts in KiB: a body costs at least one.
 const BUDGET_UNIT: usize = 1024;
+/// Longest a body may take to arrive once its headers have. actix-web bounds
+/// only the head's arrival, so without this a client sending a byte now and
+/// then would hold its connection and its share of the in-flight budget for
+/// as long as it likes. Platforms send a few KiB at once.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The body of every 200 that is not a handshake.
 #[derive(Debug, Default, Serialize)]
@@ -110,6 +118,32 @@ async fn receive<S: Source>(
     })
 }
 
+/// Every platform sends JSON: a body declared as anything else (a form, text,
+/// multipart) is refused unread. No declaration at all is read as JSON, as
+/// scripts using the generic route often send none.
+fn declared_json(request: &HttpRequest) -> Result<(), ApiError> {
+    let Some(declared) = request.headers().get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = declared
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
 /// Reserves room for the body in the in-flight budget before reading it, so
 /// a flood cannot hold more than `RELAY_MAX_INFLIGHT_BYTES` in memory.
 fn reserve<'a>(
@@ -139,12 +173,14 @@ async fn ingest<S: Source>(
     source: &S,
     state: &AppState,
 ) -> Result<Answer, ApiError> {
+    declared_json(request)?;
     let _room = reserve(request, state)?;
-    let body = body
-        .to_bytes_limited(state.max_body_bytes)
-        .await
-        .map_err(|_| ApiError::TooLarge(state.max_body_bytes))?
-        .map_err(|err| ApiError::Invalid(format!("cannot read the body: {err}")))?;
+    let body =
+        actix_web::rt::time::timeout(BODY_TIMEOUT, body.to_bytes_limited(state.max_body_bytes))
+            .await
+            .map_err(|_| ApiError::SlowBody(BODY_TIMEOUT.as_secs()))?
+            .map_err(|_| ApiError::TooLarge(state.max_body_bytes))?
+            .map_err(|err| ApiError::Invalid(format!("cannot read the body: {err}")))?;
     source.authenticate(request, &body)?;
     let interpreted = match source.interpret(&body) {
         Err(refused @ Rejection::Unfetchable(_)) => {

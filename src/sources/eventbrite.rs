@@ -113,7 +113,7 @@ fn fetchable(api_url: &str, base: &Url) -> Result<Url, String> {
 }
 
 fn parse(body: &[u8]) -> Result<Webhook, String> {
-    serde_json::from_slice(body)
+    serde_json::from_str(super::json_text(body)?)
         .map_err(|err| format!("not an Eventbrite webhook (config.action and api_url): {err}"))
 }
 
@@ -364,6 +364,29 @@ fn records_of(
             })
         })
         .collect())
+}
+
+/// The two checks behind the fetch, for the fuzz targets in `fuzz/` (built
+/// with `--cfg fuzzing`): through the routes only an HTTP round trip to
+/// Eventbrite reaches them, and the URL check's answer is hidden in a status.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use super::*;
+
+    /// The URL that would be requested for `api_url`, if any.
+    pub fn fetchable(api_url: &str, base: &Url) -> Result<Url, String> {
+        super::fetchable(api_url, base)
+    }
+
+    /// The records of a fetched order or attendee for a delivery's `action`
+    /// (`None` for an action without attendance).
+    pub fn records_of(
+        action: &str,
+        object: &Value,
+        account: &str,
+    ) -> Option<Result<Vec<Result<NewRecord, String>>, String>> {
+        Some(super::records_of(action_of(action)?, object, account))
+    }
 }
 
 #[cfg(test)]

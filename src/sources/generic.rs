@@ -22,6 +22,13 @@ pub const MAX_RECORDS: usize = 1000;
 
 const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
 
+/// `webhook-timestamp`s that can be a moment near now (epoch seconds up to
+/// the year 9999). standardwebhooks subtracts the timestamp from the clock
+/// unchecked, before it looks at the signature: one far from any clock
+/// overflows (a panic with overflow checks, a check passed by wrapping
+/// without), so such a timestamp is refused before it gets there.
+const PLAUSIBLE_TIMESTAMPS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799;
+
 /// The properties HubSpot's attendance `create` takes, for `attend` only (its
 /// document says so); anything else it refuses, so it is refused at ingest
 /// rather than becoming a dead letter later.
@@ -128,6 +135,14 @@ impl Generic {
                     .map_err(|_| format!("malformed {name} header"))?;
                 headers.insert(name, value);
             }
+        }
+        // Parsed as standardwebhooks parses it.
+        let timestamp = headers
+            .get(HEADER_WEBHOOK_TIMESTAMP)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<i64>().ok());
+        if timestamp.is_some_and(|ts| !PLAUSIBLE_TIMESTAMPS.contains(&ts)) {
+            return Err(signature_problem(&WebhookError::InvalidTimestamp));
         }
         webhook
             .verify(body, &headers)
@@ -866,5 +881,25 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_webhook_timestamp_far_from_any_clock_is_refused_before_the_library_sees_it() {
+        let generic = from_env(&[("GENERIC_WEBHOOK_SECRET", "whsec_c2VjcmV0")])
+            .unwrap()
+            .unwrap();
+        // Found by fuzzing: now minus this overflows inside standardwebhooks.
+        for timestamp in ["-9223372036854775807", "9223372036854775807"] {
+            let request = actix_web::test::TestRequest::default()
+                .insert_header(("webhook-id", "msg_1"))
+                .insert_header(("webhook-timestamp", timestamp))
+                .insert_header(("webhook-signature", "v1,c2lnbmF0dXJl"))
+                .to_http_request();
+            let refused = generic.authenticate(&request, b"{}").unwrap_err();
+            assert!(
+                refused.to_string().contains("malformed webhook-timestamp"),
+                "{refused}"
+            );
+        }
     }
 }

@@ -43,6 +43,13 @@ pub enum Rejection {
     Unfetchable(String),
 }
 
+/// A body as JSON text. JSON is UTF-8 throughout, but serde skips the fields
+/// a struct ignores without looking at their bytes: checked here, whole, so
+/// what is stored and forwarded is text.
+fn json_text(body: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(body).map_err(|err| format!("body is not UTF-8: {err}"))
+}
+
 /// One event platform. Adding a platform is a module implementing this and a
 /// route in `http::webhooks`.
 pub trait Source: 'static {

@@ -177,8 +177,9 @@ impl Zoom {
     /// Maps a verified body. The join a leave closes is attached where
     /// records are stored ([`NewRecord::closes_session`]).
     pub fn map(&self, body: &[u8]) -> Result<Inbound, Rejection> {
-        let envelope: Envelope = serde_json::from_slice(body)
-            .map_err(|err| Rejection::Invalid(format!("body is not a Zoom event: {err}")))?;
+        let envelope: Envelope =
+            serde_json::from_str(super::json_text(body).map_err(Rejection::Invalid)?)
+                .map_err(|err| Rejection::Invalid(format!("body is not a Zoom event: {err}")))?;
         let invalid = |err: serde_json::Error| {
             Rejection::Invalid(format!("invalid {} payload: {err}", envelope.event))
         };
