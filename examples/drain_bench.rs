@@ -25,6 +25,19 @@ use attendance_relay::{
 };
 
 const PER_DELIVERY: usize = 100;
+/// Seconds between RSS samples during the drain.
+const RSS_EVERY: f64 = 5.0;
+
+/// This process's resident memory, from /proc (0 where there is none).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
 
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -125,10 +138,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let started = std::time::Instant::now();
     let store = std::sync::Arc::clone(&running[0].2);
+    // (seconds into the drain, RSS MiB), every RSS_EVERY.
+    let mut rss = vec![(0.0, rss_mib())];
     while store.queue_stats().await?.oldest_pending_ms.is_some() {
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+        let at = started.elapsed().as_secs_f64();
+        if at - rss.last().map_or(0.0, |(t, _)| *t) >= RSS_EVERY {
+            rss.push((at, rss_mib()));
+        }
     }
     let drained = started.elapsed();
+    rss.push((drained.as_secs_f64(), rss_mib()));
     for (stop, server, _) in running {
         let _ = stop.send(());
         server.await??;
@@ -189,6 +209,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("rate-limited by HubSpot {}", hubspot.rate_limited());
     println!(
         "drain rate / ceiling    {fraction:.3}  (calls after the first window per second, over limit/10)"
+    );
+    let peak = rss.iter().map(|(_, mib)| *mib).fold(0.0, f64::max);
+    let curve: Vec<String> = rss.iter().map(|(t, mib)| format!("{t:.0}s {mib:.0}")).collect();
+    println!(
+        "RSS MiB (this process: gateways, simulator, bench)  peak {peak:.1}; {}",
+        curve.join(", ")
     );
     hubspot.stop().await;
     std::fs::remove_dir_all(&dir)?;
