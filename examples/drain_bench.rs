@@ -211,7 +211,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "drain rate / ceiling    {fraction:.3}  (calls after the first window per second, over limit/10)"
     );
     let peak = rss.iter().map(|(_, mib)| *mib).fold(0.0, f64::max);
-    let curve: Vec<String> = rss.iter().map(|(t, mib)| format!("{t:.0}s {mib:.0}")).collect();
+    let curve: Vec<String> = rss
+        .iter()
+        .map(|(t, mib)| format!("{t:.0}s {mib:.0}"))
+        .collect();
     println!(
         "RSS MiB (this process: gateways, simulator, bench)  peak {peak:.1}; {}",
         curve.join(", ")

@@ -99,7 +99,11 @@ async fn a_pause_hubspot_asks_of_one_replica_holds_every_replica() {
     })
     .await;
     let calls = hubspot.calls();
-    let refused = calls.iter().find(|c| c.status == 429).expect("the 429 was sent").at;
+    let refused = calls
+        .iter()
+        .find(|c| c.status == 429)
+        .expect("the 429 was sent")
+        .at;
     for call in calls.iter().filter(|c| c.at > refused) {
         assert!(
             call.at >= refused + Duration::from_secs(3),
@@ -247,13 +251,18 @@ async fn a_database_that_goes_away_during_ingest_means_503_and_the_gateway_recov
             let n = next.replace(next.get() + 1);
             let posted_in = phase.get();
             let (status, retry_after) = post_join(&app, n).await;
-            answers.borrow_mut().push((n, posted_in, status, retry_after));
+            answers
+                .borrow_mut()
+                .push((n, posted_in, status, retry_after));
         }
     };
     let operator = async {
         wait_until("joins are acknowledged", 20, async || count(0, true) >= 20).await;
         // The database refuses connections and drops the ones it had.
-        on_server(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS false")).await;
+        on_server(&format!(
+            "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
+        ))
+        .await;
         on_server(&format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
         ))
@@ -269,7 +278,10 @@ async fn a_database_that_goes_away_during_ingest_means_503_and_the_gateway_recov
     };
     futures_util::future::join5(poster(), poster(), poster(), poster(), operator).await;
     assert!(count(1, false) > 0, "the outage was seen");
-    assert!(count(2, true) >= 20, "ingest works again, the gateway never restarted");
+    assert!(
+        count(2, true) >= 20,
+        "ingest works again, the gateway never restarted"
+    );
 
     let stored: std::collections::HashSet<String> = app
         .records()
@@ -280,9 +292,15 @@ async fn a_database_that_goes_away_during_ingest_means_503_and_the_gateway_recov
     for (n, _, status, retry_after) in answers.borrow().iter() {
         let email = format!("p{n}@example.com");
         match status {
-            200 => assert!(stored.contains(&email), "join {n} was acknowledged, then lost"),
+            200 => assert!(
+                stored.contains(&email),
+                "join {n} was acknowledged, then lost"
+            ),
             503 => {
-                assert!(retry_after.is_some(), "503 for join {n} says when to come back");
+                assert!(
+                    retry_after.is_some(),
+                    "503 for join {n} says when to come back"
+                );
             }
             other => panic!("join {n} answered {other}: only 200 or 503"),
         }

@@ -639,7 +639,11 @@ async fn concurrent_deliveries_dedupe_and_fail_alone(store: Arc<dyn Store>) {
     let outcomes = futures_util::future::join_all(writes).await;
     let accepted = |i: usize| outcomes[i].as_ref().map(|o| o.accepted()).unwrap();
     for n in (0..40).filter(|n| *n != REFUSED as usize) {
-        let copies = if n < 20 { accepted(n) + accepted(n + 40) } else { accepted(n) };
+        let copies = if n < 20 {
+            accepted(n) + accepted(n + 40)
+        } else {
+            accepted(n)
+        };
         assert_eq!(copies, 1, "p{n} stored once");
     }
     let stored = store.records(None, 1000).await.unwrap();
