@@ -801,20 +801,20 @@ async fn ingest_keeps_flowing_while_a_large_purge_runs() {
         )
         .unwrap();
     let store = open_sqlite(&path);
+    // Purge commits so far, as each ingest finds them.
+    let purged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let purging = {
-        let store = Arc::clone(&store);
+        let (store, purged) = (Arc::clone(&store), Arc::clone(&purged));
         actix_web::rt::spawn(async move {
-            let mut chunks = 0;
             while store.purge_settled(1, 500).await.unwrap() > 0 {
-                chunks += 1;
+                purged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-            chunks
+            purged.load(std::sync::atomic::Ordering::SeqCst)
         })
     };
-    let mut slowest = Duration::ZERO;
+    let mut seen = std::collections::BTreeSet::new();
     let mut ingested = 0;
     while !purging.is_finished() {
-        let started = std::time::Instant::now();
         ingest(
             &*store,
             vec![record(
@@ -824,7 +824,7 @@ async fn ingest_keeps_flowing_while_a_large_purge_runs() {
             )],
         )
         .await;
-        slowest = slowest.max(started.elapsed());
+        seen.insert(purged.load(std::sync::atomic::Ordering::SeqCst));
         ingested += 1;
     }
     let chunks = purging.await.unwrap();
@@ -833,9 +833,11 @@ async fn ingest_keeps_flowing_while_a_large_purge_runs() {
         ingested > 10,
         "ingest went on during the purge ({ingested} webhooks)"
     );
+    // Not behind the whole purge: ingests landed between its commits.
     assert!(
-        slowest < Duration::from_millis(750),
-        "the slowest ingest took {slowest:?}"
+        seen.len() > 10,
+        "ingests finished at only {} points of {chunks} purge commits",
+        seen.len()
     );
     assert_eq!(
         store
