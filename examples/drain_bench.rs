@@ -13,16 +13,17 @@
 //!
 //! Usage: drain_bench [records=10000] [limit per 10 s=100] [simulated HubSpot latency ms=20] [webinars=1] [faults]
 
-use std::{collections::HashMap, collections::HashSet, time::Duration};
+mod common;
+
+use std::{collections::HashSet, time::Duration};
 
 use attendance_relay::{
-    app::Application,
     demo::simulator::{Call, Chaos, Options, Simulator},
     hubspot::Operation,
     record::{Delivery, NewRecord, State, now_ms},
-    settings::Settings,
     store,
 };
+use common::{Gateway, arg, gateway_env};
 
 const PER_DELIVERY: usize = 100;
 /// Seconds between RSS samples during the drain.
@@ -41,12 +42,6 @@ fn rss_mib() -> f64 {
 
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let arg = |i: usize, default: u64| {
-        std::env::args()
-            .nth(i)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(default)
-    };
     let (records, limit, latency_ms) = (arg(1, 10_000) as usize, arg(2, 100) as u32, arg(3, 20));
     let webinars = arg(4, 1).max(1) as usize;
     let faults = std::env::args().nth(5).is_some_and(|a| a == "faults");
@@ -114,30 +109,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for email in &emails {
         hubspot.add_contact(email);
     }
-    let env: HashMap<String, String> = [
-        ("RELAY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("RELAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-        ("RELAY_DATABASE_URL", database_url.clone()),
-        ("HUBSPOT_BASE_URL", hubspot.url()),
-        ("HUBSPOT_ACCESS_TOKEN", "bench-token".to_owned()),
-        ("HUBSPOT_RATE_LIMIT_PER_10S", limit.to_string()),
-        ("HUBSPOT_REQUEST_TIMEOUT_MS", "2000".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = gateway_env(
+        &database_url,
+        &hubspot.url(),
+        &[
+            ("HUBSPOT_RATE_LIMIT_PER_10S", limit.to_string()),
+            ("HUBSPOT_REQUEST_TIMEOUT_MS", "2000".to_owned()),
+        ],
+    );
     let mut running = Vec::new();
     for _ in 0..replicas {
-        let app = Application::build(Settings::init_from_hashmap(&env)?).await?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let store = app.store();
-        let server = actix_web::rt::spawn(app.run_until(async {
-            let _ = stopped.await;
-        }));
-        running.push((stop, server, store));
+        running.push(Gateway::start(&env).await?);
     }
     let started = std::time::Instant::now();
-    let store = std::sync::Arc::clone(&running[0].2);
+    let store = std::sync::Arc::clone(&running[0].store);
     // (seconds into the drain, RSS MiB), every RSS_EVERY.
     let mut rss = vec![(0.0, rss_mib())];
     while store.queue_stats().await?.oldest_pending_ms.is_some() {
@@ -149,9 +134,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let drained = started.elapsed();
     rss.push((drained.as_secs_f64(), rss_mib()));
-    for (stop, server, _) in running {
-        let _ = stop.send(());
-        server.await??;
+    for gateway in running {
+        gateway.stop().await?;
     }
 
     let calls = hubspot.calls();

@@ -6,19 +6,23 @@
 //!
 //! Usage: latency_bench [joins per second=3] [seconds=40] [webinars=3]
 
+mod common;
+
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
 use attendance_relay::{
-    app::Application,
-    demo::simulator::{Options, Simulator},
+    demo::{
+        post_as_zoom,
+        simulator::{Options, Simulator},
+    },
     hubspot::Operation,
     record::now_ms,
-    settings::Settings,
     sources::zoom::Zoom,
 };
+use common::{Gateway, arg, gateway_env};
 
 const SECRET: &str = "bench-secret";
 /// The gateway's default `RELAY_BATCH_LINGER_MS`, set here so the target is known.
@@ -47,12 +51,6 @@ fn join(webinar: usize, email: &str) -> Vec<u8> {
 
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let arg = |i: usize, default: u64| {
-        std::env::args()
-            .nth(i)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(default)
-    };
     let (rate, seconds, webinars) = (arg(1, 3).max(1), arg(2, 40), arg(3, 3).max(1) as usize);
     let dir = std::env::temp_dir().join(format!("attendance-relay-latency-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -62,27 +60,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Options::default()
     })
     .await?;
-    let env: HashMap<String, String> = [
-        ("RELAY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("RELAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-        (
-            "RELAY_DATABASE_URL",
-            format!("sqlite://{}", dir.join("relay.db").display()),
-        ),
-        ("ZOOM_WEBHOOK_SECRET_TOKEN", SECRET.to_owned()),
-        ("HUBSPOT_BASE_URL", hubspot.url()),
-        ("HUBSPOT_ACCESS_TOKEN", "bench-token".to_owned()),
-        ("RELAY_BATCH_LINGER_MS", LINGER_MS.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let app = Application::build(Settings::init_from_hashmap(&env)?).await?;
-    let (public, store) = (app.public_addr(), app.store());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = actix_web::rt::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let database_url = format!("sqlite://{}", dir.join("relay.db").display());
+    let env = gateway_env(
+        &database_url,
+        &hubspot.url(),
+        &[
+            ("ZOOM_WEBHOOK_SECRET_TOKEN", SECRET.to_owned()),
+            ("RELAY_BATCH_LINGER_MS", LINGER_MS.to_string()),
+        ],
+    );
+    let gateway = Gateway::start(&env).await?;
+    let (public, store) = (gateway.public, std::sync::Arc::clone(&gateway.store));
 
     let zoom = Zoom::new(SECRET.parse()?, 300, None);
     let client = awc::Client::default();
@@ -95,16 +83,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let email = format!("attendee{i}@example.com");
         hubspot.add_contact(&email);
         let body = join(i % webinars, &email);
-        let timestamp = now_ms() / 1000;
-        let response = client
-            .post(format!("http://{public}/webhooks/zoom"))
-            .insert_header(("content-type", "application/json"))
-            .insert_header(("x-zm-request-timestamp", timestamp.to_string()))
-            .insert_header(("x-zm-signature", zoom.sign(timestamp, &body)))
-            .send_body(body)
-            .await?;
-        if response.status().as_u16() != 200 {
-            return Err(format!("join {i} answered {}", response.status()).into());
+        let (status, _) = post_as_zoom(&client, &zoom, public, body).await?;
+        if status != 200 {
+            return Err(format!("join {i} answered {status}").into());
         }
         let vid = hubspot.contact_id(&email).ok_or("no contact")?;
         accepted.insert(vid, Instant::now());
@@ -112,8 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while store.queue_stats().await?.oldest_pending_ms.is_some() {
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = stop.send(());
-    server.await??;
+    gateway.stop().await?;
 
     let calls = hubspot.calls();
     let mut latencies: Vec<Duration> = Vec::with_capacity(joins);
