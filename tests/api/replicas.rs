@@ -58,6 +58,64 @@ async fn replicas_share_one_queue_and_one_rate_limit() {
 }
 
 #[actix_web::test]
+async fn a_pause_hubspot_asks_of_one_replica_holds_every_replica() {
+    use attendance_relay::{demo::simulator::Fault, store::RecordStatus};
+
+    let Some(dir) = StoreDir::on_postgres() else {
+        return;
+    };
+    let hubspot = Simulator::start(Options::default()).await.unwrap();
+    hubspot.fail_next(
+        Operation::AttendanceCreate,
+        Fault::status(429).with_header("Retry-After", "3"),
+    );
+    let settings = [("RELAY_BATCH_LINGER_MS", "0")];
+    let replicas = [
+        spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &settings).await,
+        spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &settings).await,
+        spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &settings).await,
+    ];
+    let post = async |i: usize| {
+        let email = format!("p{i}@example.com");
+        hubspot.add_contact(&email);
+        let body = zoom_join(&format!("{}", 600 + i), &email, "2026-01-01T10:00:00Z");
+        assert_eq!(replicas[i].post_zoom(&body).await.0.as_u16(), 200);
+    };
+    // The first replica's create is refused; once its record is settled
+    // with the refusal (after the pause was shared), the others get work of
+    // their own. (A leased record reads as pending: the error tells.)
+    post(0).await;
+    wait_until("the refused batch waits for its retry", 30, async || {
+        replicas[0]
+            .records()
+            .await
+            .iter()
+            .any(|r| r.status == RecordStatus::Pending && r.last_error.is_some())
+    })
+    .await;
+    post(1).await;
+    post(2).await;
+    wait_until("every join is delivered", 30, async || {
+        hubspot.attendance().len() >= 3
+    })
+    .await;
+    let calls = hubspot.calls();
+    let refused = calls
+        .iter()
+        .find(|c| c.status == 429)
+        .expect("the 429 was sent")
+        .at;
+    for call in calls.iter().filter(|c| c.at > refused) {
+        assert!(
+            call.at >= refused + Duration::from_secs(3),
+            "{:?} called HubSpot {:?} into the pause",
+            call.operation,
+            call.at - refused
+        );
+    }
+}
+
+#[actix_web::test]
 async fn replicas_refresh_the_credential_once_for_the_deployment_at_start_and_near_expiry() {
     let Some(dir) = StoreDir::on_postgres() else {
         return;
