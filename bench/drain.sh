@@ -7,7 +7,10 @@
 #           calls 5xx, 5 % 429 and hangs 3 % past the gateway's timeout
 #   replicas  the "many" backlog drained by three gateways sharing one
 #           PostgreSQL (the local server; PGURL names another) and one limit
-# Usage: bench/drain.sh [one|many|faults|replicas ...]   (default: all; writes bench/results/drain-<variant>.txt)
+#   large   100,000 records of 100 webinars under a limit raised to 500
+#           calls per 10 s on both sides (at the default limit it takes 17
+#           minutes; 1,000,000 records: `drain_bench 1000000 500 20 1000`)
+# Usage: bench/drain.sh [one|many|faults|replicas|large ...]   (default: all but large; writes bench/results/drain-<variant>.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --example drain_bench
@@ -17,10 +20,12 @@ PGDB=relay_drain_$$
 trap 'psql "$PGURL" -qc "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)" 2>/dev/null || true' EXIT
 for variant in "${@:-one many faults replicas}"; do
   for v in $variant; do
+    unset REPLICAS BENCH_DATABASE_URL
     case $v in
       one) args=(10000 100 20 1) ;;
       many) args=(20000 100 20 50) ;;
       faults) args=(3000 100 20 6 faults) ;;
+      large) args=(100000 500 20 100) ;;
       replicas)
         args=(20000 100 20 50)
         psql "$PGURL" -qc "CREATE DATABASE $PGDB"
@@ -28,8 +33,8 @@ for variant in "${@:-one many faults replicas}"; do
       *) echo "unknown variant $v" >&2; exit 2 ;;
     esac
     {
-      echo "# bench/drain.sh $v $(date -u +%FT%TZ), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-      target/release/examples/drain_bench "${args[@]}"
+      echo "# bench/drain.sh $v $(date -u +%FT%TZ), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+      "${CARGO_TARGET_DIR:-target}/release/examples/drain_bench" "${args[@]}"
     } | tee "bench/results/drain-$v.txt"
   done
 done

@@ -13,27 +13,35 @@
 //!
 //! Usage: drain_bench [records=10000] [limit per 10 s=100] [simulated HubSpot latency ms=20] [webinars=1] [faults]
 
-use std::{collections::HashMap, collections::HashSet, time::Duration};
+mod common;
+
+use std::{collections::HashSet, time::Duration};
 
 use attendance_relay::{
-    app::Application,
     demo::simulator::{Call, Chaos, Options, Simulator},
     hubspot::Operation,
     record::{Delivery, NewRecord, State, now_ms},
-    settings::Settings,
     store,
 };
+use common::{Gateway, arg, gateway_env};
 
 const PER_DELIVERY: usize = 100;
+/// Seconds between RSS samples during the drain.
+const RSS_EVERY: f64 = 5.0;
+
+/// This process's resident memory, from /proc (0 where there is none).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
 
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let arg = |i: usize, default: u64| {
-        std::env::args()
-            .nth(i)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(default)
-    };
     let (records, limit, latency_ms) = (arg(1, 10_000) as usize, arg(2, 100) as u32, arg(3, 20));
     let webinars = arg(4, 1).max(1) as usize;
     let faults = std::env::args().nth(5).is_some_and(|a| a == "faults");
@@ -102,37 +110,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for email in &emails {
         hubspot.add_contact(email);
     }
-    let env: HashMap<String, String> = [
-        ("RELAY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("RELAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-        ("RELAY_DATABASE_URL", database_url.clone()),
-        ("HUBSPOT_BASE_URL", hubspot.url()),
-        ("HUBSPOT_ACCESS_TOKEN", "bench-token".to_owned()),
-        ("HUBSPOT_RATE_LIMIT_PER_10S", limit.to_string()),
-        ("HUBSPOT_REQUEST_TIMEOUT_MS", "2000".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = gateway_env(
+        &database_url,
+        &hubspot.url(),
+        &[
+            ("HUBSPOT_RATE_LIMIT_PER_10S", limit.to_string()),
+            ("HUBSPOT_REQUEST_TIMEOUT_MS", "2000".to_owned()),
+        ],
+    );
     let mut running = Vec::new();
     for _ in 0..replicas {
-        let app = Application::build(Settings::init_from_hashmap(&env)?).await?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let store = app.store();
-        let server = actix_web::rt::spawn(app.run_until(async {
-            let _ = stopped.await;
-        }));
-        running.push((stop, server, store));
+        running.push(Gateway::start(&env).await?);
     }
     let started = std::time::Instant::now();
-    let store = std::sync::Arc::clone(&running[0].2);
+    let store = std::sync::Arc::clone(&running[0].store);
+    // (seconds into the drain, RSS MiB), every RSS_EVERY.
+    let mut rss = vec![(0.0, rss_mib())];
     while store.queue_stats().await?.oldest_pending_ms.is_some() {
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+        let at = started.elapsed().as_secs_f64();
+        if at - rss.last().map_or(0.0, |(t, _)| *t) >= RSS_EVERY {
+            rss.push((at, rss_mib()));
+        }
     }
     let drained = started.elapsed();
-    for (stop, server, _) in running {
-        let _ = stop.send(());
-        server.await??;
+    rss.push((drained.as_secs_f64(), rss_mib()));
+    for gateway in running {
+        gateway.stop().await?;
     }
 
     let calls = hubspot.calls();
@@ -190,6 +194,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("rate-limited by HubSpot {}", hubspot.rate_limited());
     println!(
         "drain rate / ceiling    {fraction:.3}  (calls after the first window per second, over limit/10)"
+    );
+    let peak = rss.iter().map(|(_, mib)| *mib).fold(0.0, f64::max);
+    let curve: Vec<String> = rss
+        .iter()
+        .map(|(t, mib)| format!("{t:.0}s {mib:.0}"))
+        .collect();
+    println!(
+        "RSS MiB (this process: gateways, simulator, bench)  peak {peak:.1}; {}",
+        curve.join(", ")
     );
     hubspot.stop().await;
     std::fs::remove_dir_all(&dir)?;

@@ -39,6 +39,26 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     result
 }
 
+/// Posts `body` to the gateway at `public` as Zoom would, signed now: the
+/// answer's status and body.
+pub async fn post_as_zoom(
+    client: &awc::Client,
+    zoom: &Zoom,
+    public: std::net::SocketAddr,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), Box<dyn Error>> {
+    let timestamp = now_ms() / 1000;
+    let mut response = client
+        .post(format!("http://{public}/webhooks/zoom"))
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("x-zm-request-timestamp", timestamp.to_string()))
+        .insert_header(("x-zm-signature", zoom.sign(timestamp, &body)))
+        .send_body(body)
+        .await?;
+    let answer = response.body().await?;
+    Ok((response.status().as_u16(), answer.to_vec()))
+}
+
 async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
     // No marketing event exists yet and only Ada is a HubSpot contact: the
     // gateway creates the event and the other contacts itself.
@@ -82,19 +102,10 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
     );
     for sample in &samples {
         let body = serde_json::to_vec(&sample.body)?;
-        let timestamp = now_ms() / 1000;
-        let mut response = client
-            .post(format!("http://{public}/webhooks/zoom"))
-            .insert_header(("content-type", "application/json"))
-            .insert_header(("x-zm-request-timestamp", timestamp.to_string()))
-            .insert_header(("x-zm-signature", zoom.sign(timestamp, &body)))
-            .send_body(body)
-            .await?;
-        let answer = response.body().await?;
+        let (status, answer) = post_as_zoom(&client, &zoom, public, body).await?;
         println!(
-            "   {:<44} {} {}",
+            "   {:<44} {status} {}",
             sample.what,
-            response.status().as_u16(),
             String::from_utf8_lossy(&answer)
         );
     }

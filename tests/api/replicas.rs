@@ -58,6 +58,64 @@ async fn replicas_share_one_queue_and_one_rate_limit() {
 }
 
 #[actix_web::test]
+async fn a_pause_hubspot_asks_of_one_replica_holds_every_replica() {
+    use attendance_relay::{demo::simulator::Fault, store::RecordStatus};
+
+    let Some(dir) = StoreDir::on_postgres() else {
+        return;
+    };
+    let hubspot = Simulator::start(Options::default()).await.unwrap();
+    hubspot.fail_next(
+        Operation::AttendanceCreate,
+        Fault::status(429).with_header("Retry-After", "3"),
+    );
+    let settings = [("RELAY_BATCH_LINGER_MS", "0")];
+    let replicas = [
+        spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &settings).await,
+        spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &settings).await,
+        spawn_forwarding_app_in(Arc::clone(&dir), &hubspot, &settings).await,
+    ];
+    let post = async |i: usize| {
+        let email = format!("p{i}@example.com");
+        hubspot.add_contact(&email);
+        let body = zoom_join(&format!("{}", 600 + i), &email, "2026-01-01T10:00:00Z");
+        assert_eq!(replicas[i].post_zoom(&body).await.0.as_u16(), 200);
+    };
+    // The first replica's create is refused; once its record is settled
+    // with the refusal (after the pause was shared), the others get work of
+    // their own. (A leased record reads as pending: the error tells.)
+    post(0).await;
+    wait_until("the refused batch waits for its retry", 30, async || {
+        replicas[0]
+            .records()
+            .await
+            .iter()
+            .any(|r| r.status == RecordStatus::Pending && r.last_error.is_some())
+    })
+    .await;
+    post(1).await;
+    post(2).await;
+    wait_until("every join is delivered", 30, async || {
+        hubspot.attendance().len() >= 3
+    })
+    .await;
+    let calls = hubspot.calls();
+    let refused = calls
+        .iter()
+        .find(|c| c.status == 429)
+        .expect("the 429 was sent")
+        .at;
+    for call in calls.iter().filter(|c| c.at > refused) {
+        assert!(
+            call.at >= refused + Duration::from_secs(3),
+            "{:?} called HubSpot {:?} into the pause",
+            call.operation,
+            call.at - refused
+        );
+    }
+}
+
+#[actix_web::test]
 async fn replicas_refresh_the_credential_once_for_the_deployment_at_start_and_near_expiry() {
     let Some(dir) = StoreDir::on_postgres() else {
         return;
@@ -194,13 +252,18 @@ async fn a_database_that_goes_away_during_ingest_means_503_and_the_gateway_recov
             let n = next.replace(next.get() + 1);
             let posted_in = phase.get();
             let (status, retry_after) = post_join(&app, n).await;
-            answers.borrow_mut().push((n, posted_in, status, retry_after));
+            answers
+                .borrow_mut()
+                .push((n, posted_in, status, retry_after));
         }
     };
     let operator = async {
         wait_until("joins are acknowledged", 20, async || count(0, true) >= 20).await;
         // The database refuses connections and drops the ones it had.
-        on_server(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS false")).await;
+        on_server(&format!(
+            "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
+        ))
+        .await;
         on_server(&format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
         ))
@@ -216,7 +279,10 @@ async fn a_database_that_goes_away_during_ingest_means_503_and_the_gateway_recov
     };
     futures_util::future::join5(poster(), poster(), poster(), poster(), operator).await;
     assert!(count(1, false) > 0, "the outage was seen");
-    assert!(count(2, true) >= 20, "ingest works again, the gateway never restarted");
+    assert!(
+        count(2, true) >= 20,
+        "ingest works again, the gateway never restarted"
+    );
 
     let stored: std::collections::HashSet<String> = app
         .records()
@@ -227,9 +293,15 @@ async fn a_database_that_goes_away_during_ingest_means_503_and_the_gateway_recov
     for (n, _, status, retry_after) in answers.borrow().iter() {
         let email = format!("p{n}@example.com");
         match status {
-            200 => assert!(stored.contains(&email), "join {n} was acknowledged, then lost"),
+            200 => assert!(
+                stored.contains(&email),
+                "join {n} was acknowledged, then lost"
+            ),
             503 => {
-                assert!(retry_after.is_some(), "503 for join {n} says when to come back");
+                assert!(
+                    retry_after.is_some(),
+                    "503 for join {n} says when to come back"
+                );
             }
             other => panic!("join {n} answered {other}: only 200 or 503"),
         }

@@ -764,7 +764,11 @@ async fn concurrent_deliveries_dedupe_and_fail_alone(store: Arc<dyn Store>) {
     let outcomes = futures_util::future::join_all(writes).await;
     let accepted = |i: usize| outcomes[i].as_ref().map(|o| o.accepted()).unwrap();
     for n in (0..40).filter(|n| *n != REFUSED as usize) {
-        let copies = if n < 20 { accepted(n) + accepted(n + 40) } else { accepted(n) };
+        let copies = if n < 20 {
+            accepted(n) + accepted(n + 40)
+        } else {
+            accepted(n)
+        };
         assert_eq!(copies, 1, "p{n} stored once");
     }
     let stored = store.records(None, 1000).await.unwrap();
@@ -965,16 +969,18 @@ async fn ingest_keeps_flowing_while_a_large_purge_runs() {
         )
         .unwrap();
     let store = open_sqlite(&path);
+    // Purge commits so far, as each ingest finds them.
+    let purged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let purging = {
-        let store = Arc::clone(&store);
+        let (store, purged) = (Arc::clone(&store), Arc::clone(&purged));
         actix_web::rt::spawn(async move {
-            let mut chunks = 0;
             while store.purge_settled(1, 500).await.unwrap() > 0 {
-                chunks += 1;
+                purged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-            chunks
+            purged.load(std::sync::atomic::Ordering::SeqCst)
         })
     };
+    let mut seen = std::collections::BTreeSet::new();
     let mut ingested = 0;
     while !purging.is_finished() {
         ingest(
@@ -986,6 +992,7 @@ async fn ingest_keeps_flowing_while_a_large_purge_runs() {
             )],
         )
         .await;
+        seen.insert(purged.load(std::sync::atomic::Ordering::SeqCst));
         ingested += 1;
     }
     let chunks = purging.await.unwrap();
@@ -993,6 +1000,12 @@ async fn ingest_keeps_flowing_while_a_large_purge_runs() {
     assert!(
         ingested > 10,
         "ingest went on during the purge ({ingested} webhooks)"
+    );
+    // Not behind the whole purge: ingests landed between its commits.
+    assert!(
+        seen.len() > 10,
+        "ingests finished at only {} points of {chunks} purge commits",
+        seen.len()
     );
     assert_eq!(
         store

@@ -387,7 +387,9 @@ async fn insert_deliveries(
         .iter()
         .zip(&ids)
         .zip(&outcomes)
-        .filter(|(((delivery, _), _), outcome)| !delivery.deferred && !outcome.fresh.contains(&true))
+        .filter(|(((delivery, _), _), outcome)| {
+            !delivery.deferred && !outcome.fresh.contains(&true)
+        })
         .map(|((_, id), _)| *id)
         .collect();
     if !stale.is_empty() {
