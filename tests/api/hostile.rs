@@ -42,7 +42,7 @@ enum Outcome {
 }
 
 /// How the client behaves.
-enum Send {
+enum Writes {
     /// Everything at once.
     All(Vec<u8>),
     /// `head`, then the bytes of `drip` one at a time, one every `every`.
@@ -55,7 +55,7 @@ enum Send {
 
 struct Case {
     name: &'static str,
-    send: Send,
+    send: Writes,
     /// Acceptable answers; a closed connection is always acceptable.
     allowed: &'static [u16],
 }
@@ -63,7 +63,7 @@ struct Case {
 fn case(name: &'static str, request: Vec<u8>, allowed: &'static [u16]) -> Case {
     Case {
         name,
-        send: Send::All(request),
+        send: Writes::All(request),
         allowed,
     }
 }
@@ -293,7 +293,7 @@ fn catalogue() -> Vec<Case> {
         // Slow clients: a head, or a body, that never finishes.
         Case {
             name: "a head trickling in (slow loris)",
-            send: Send::Drip {
+            send: Writes::Drip {
                 head: b"POST /webhooks/zoom HTTP/1.1\r\nHost: relay\r\n".to_vec(),
                 drip: b"X-Slow: ".repeat(1000),
                 every: drip_every,
@@ -302,7 +302,7 @@ fn catalogue() -> Vec<Case> {
         },
         Case {
             name: "a second head trickling in on a kept-alive connection",
-            send: Send::Drip {
+            send: Writes::Drip {
                 head: [get("/healthz"), b"POST /webhooks/zoom HTTP/1.1\r\n".to_vec()].concat(),
                 drip: b"X-Slow: ".repeat(1000),
                 every: drip_every,
@@ -311,7 +311,7 @@ fn catalogue() -> Vec<Case> {
         },
         Case {
             name: "a body trickling in",
-            send: Send::Drip {
+            send: Writes::Drip {
                 head: format!(
                     "POST /webhooks/zoom HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n\
                      {}Content-Length: {}\r\n\r\n",
@@ -326,7 +326,7 @@ fn catalogue() -> Vec<Case> {
         },
         Case {
             name: "a chunked body trickling in",
-            send: Send::Drip {
+            send: Writes::Drip {
                 head: b"POST /webhooks/generic HTTP/1.1\r\nHost: relay\r\n\
                         Transfer-Encoding: chunked\r\n\r\n"
                     .to_vec(),
@@ -565,12 +565,12 @@ async fn answer(stream: &mut (impl AsyncReadExt + Unpin), buffered: &mut Vec<u8>
 
 /// Sends `send` on a fresh connection and reads the answer to the hostile
 /// request (after the 200 to the complete one a kept-alive case sends first).
-async fn exchange(addr: SocketAddr, send: Send) -> Outcome {
+async fn exchange(addr: SocketAddr, send: Writes) -> Outcome {
     let stream = TcpStream::connect(addr).await.expect("connects");
     let (mut reader, mut writer) = stream.into_split();
     let (head, drip, every) = match send {
-        Send::All(bytes) => (bytes, Vec::new(), Duration::ZERO),
-        Send::Drip { head, drip, every } => (head, drip, every),
+        Writes::All(bytes) => (bytes, Vec::new(), Duration::ZERO),
+        Writes::Drip { head, drip, every } => (head, drip, every),
     };
     let kept_alive = head.starts_with(&[get("/healthz"), b"POST".to_vec()].concat());
     let sender = actix_web::rt::spawn(async move {
