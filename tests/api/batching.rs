@@ -175,6 +175,13 @@ async fn under_faults_and_a_slow_spell_everything_arrives_once_in_full_batches_w
         })
         .sum();
     assert!(timed_out > 0.0, "the slow spell's calls timed out");
+    eprintln!(
+        "faults: {} records in {} creates ({failed} failed), {full} of {total} inputs in full \
+         batches, {timed_out} calls timed out, at most {} calls in flight, 0 over the limit",
+        attendance.len(),
+        calls.len(),
+        hubspot.max_in_flight()
+    );
     // The last batch is settled just after HubSpot took it.
     wait_until("every record is settled as delivered", 30, async || {
         let metrics = app.metrics().await;
