@@ -208,13 +208,11 @@ impl Forwarder {
                 };
                 match shared.store.claim(&request).await {
                     Ok(claimed) => {
-                        let mut taken = claimed.batches.len();
                         let mut batches = claimed.batches;
-                        if taken < room {
-                            let completions = shared.completions(room - taken).await;
-                            taken += completions.len();
-                            batches.extend(completions);
+                        if batches.len() < room {
+                            batches.extend(shared.completions(room - batches.len()).await);
                         }
+                        let taken = batches.len();
                         for batch in batches {
                             let shared = Rc::clone(&shared);
                             in_flight.push(actix_web::rt::spawn(async move {

@@ -332,7 +332,9 @@ fn records_of(
             // Registration happened when the ticket was bought; anything later when it changed.
             let at = match state {
                 State::Register => attendee.created.as_deref(),
-                _ => attendee.changed.as_deref().or(attendee.created.as_deref()),
+                State::Attend | State::Cancel | State::Complete => {
+                    attendee.changed.as_deref().or(attendee.created.as_deref())
+                }
             };
             let interaction_ms = at
                 .and_then(parse_rfc3339_ms)
