@@ -9,11 +9,13 @@
 #           PostgreSQL (the local server; PGURL names another) and one limit
 #   large   100,000 records of 100 webinars under a limit raised to 500
 #           calls per 10 s on both sides (at the default limit it takes 17
-#           minutes; 1,000,000 records: `drain_bench 1000000 500 20 1000`)
-# Usage: bench/drain.sh [one|many|faults|replicas|large ...]   (default: all but large; writes bench/results/drain-<variant>.txt)
+#           minutes)
+#   million 1,000,000 records of 1,000 webinars at the default limit
+#           (about 35 minutes)
+# Usage: bench/drain.sh [one|many|faults|replicas|large|million ...]   (default: all but large and million; writes bench/results/drain-<variant>.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --example drain_bench
+cargo build --release --quiet --bin attendance-relay --example drain_bench
 mkdir -p bench/results
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
 PGDB=relay_drain_$$
@@ -26,6 +28,7 @@ for variant in "${@:-one many faults replicas}"; do
       many) args=(20000 100 20 50) ;;
       faults) args=(3000 100 20 6 faults) ;;
       large) args=(100000 500 20 100) ;;
+      million) args=(1000000 100 20 1000) ;;
       replicas)
         args=(20000 100 20 50)
         psql "$PGURL" -qc "CREATE DATABASE $PGDB"

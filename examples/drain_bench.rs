@@ -11,11 +11,15 @@
 //! With `REPLICAS=n` and `BENCH_DATABASE_URL=postgres://…`, n gateways share
 //! the backlog on that (empty) database, and the limit holds for them together.
 //!
+//! The gateways are processes of the release binary (build it first), so
+//! their memory is sampled apart from this process's (the simulator keeps
+//! every call it answered).
+//!
 //! Usage: drain_bench [records=10000] [limit per 10 s=100] [simulated HubSpot latency ms=20] [webinars=1] [faults]
 
 mod common;
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, process::Stdio, time::Duration};
 
 use attendance_relay::{
     demo::simulator::{Call, Chaos, Options, Simulator},
@@ -38,6 +42,14 @@ fn rss_mib() -> f64 {
             line.split_whitespace().nth(1)?.parse::<f64>().ok()
         })
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The largest resident memory among the gateways (MiB).
+fn gateways_rss_mib(running: &[Gateway]) -> f64 {
+    running
+        .iter()
+        .map(|g| g.sample().0 as f64 / 1024.0)
+        .fold(0.0, f64::max)
 }
 
 #[actix_web::main]
@@ -110,33 +122,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for email in &emails {
         hubspot.add_contact(email);
     }
-    let env = gateway_env(
-        &database_url,
-        &hubspot.url(),
-        &[
-            ("HUBSPOT_RATE_LIMIT_PER_10S", limit.to_string()),
-            ("HUBSPOT_REQUEST_TIMEOUT_MS", "2000".to_owned()),
-        ],
-    );
+    let more = [
+        ("HUBSPOT_RATE_LIMIT_PER_10S", limit.to_string()),
+        ("HUBSPOT_REQUEST_TIMEOUT_MS", "2000".to_owned()),
+    ];
     let mut running = Vec::new();
     for _ in 0..replicas {
-        running.push(Gateway::start(&env).await?);
+        // Each replica listens on ports of its own.
+        let env = gateway_env(&database_url, &hubspot.url(), &more);
+        running.push(Gateway::start(&env, Stdio::inherit()).await?);
     }
     let started = std::time::Instant::now();
-    let store = std::sync::Arc::clone(&running[0].store);
-    // (seconds into the drain, RSS MiB), every RSS_EVERY.
-    let mut rss = vec![(0.0, rss_mib())];
-    while store.queue_stats().await?.oldest_pending_ms.is_some() {
-        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    // (seconds into the drain, largest gateway RSS MiB, this process's RSS
+    // MiB), every RSS_EVERY.
+    let sample = |running: &[Gateway]| (gateways_rss_mib(running), rss_mib());
+    let mut rss = vec![(0.0, sample(&running))];
+    while running[0].busy().await {
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         let at = started.elapsed().as_secs_f64();
         if at - rss.last().map_or(0.0, |(t, _)| *t) >= RSS_EVERY {
-            rss.push((at, rss_mib()));
+            rss.push((at, sample(&running)));
         }
     }
     let drained = started.elapsed();
-    rss.push((drained.as_secs_f64(), rss_mib()));
+    rss.push((drained.as_secs_f64(), sample(&running)));
     for gateway in running {
-        gateway.stop().await?;
+        gateway.stop()?;
     }
 
     let calls = hubspot.calls();
@@ -195,14 +206,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "drain rate / ceiling    {fraction:.3}  (calls after the first window per second, over limit/10)"
     );
-    let peak = rss.iter().map(|(_, mib)| *mib).fold(0.0, f64::max);
-    let curve: Vec<String> = rss
-        .iter()
-        .map(|(t, mib)| format!("{t:.0}s {mib:.0}"))
-        .collect();
+    let curve = |pick: fn(&(f64, f64)) -> f64| {
+        let peak = rss.iter().map(|(_, s)| pick(s)).fold(0.0, f64::max);
+        let points: Vec<String> = rss
+            .iter()
+            .map(|(t, s)| format!("{t:.0}s {:.1}", pick(s)))
+            .collect();
+        format!("peak {peak:.1}; {}", points.join(", "))
+    };
+    println!("RSS MiB, gateway (largest process)  {}", curve(|s| s.0));
     println!(
-        "RSS MiB (this process: gateways, simulator, bench)  peak {peak:.1}; {}",
-        curve.join(", ")
+        "RSS MiB, this process (simulator, bench)  {}",
+        curve(|s| s.1)
     );
     hubspot.stop().await;
     std::fs::remove_dir_all(&dir)?;

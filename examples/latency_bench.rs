@@ -69,8 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("RELAY_BATCH_LINGER_MS", LINGER_MS.to_string()),
         ],
     );
-    let gateway = Gateway::start(&env).await?;
-    let (public, store) = (gateway.public, std::sync::Arc::clone(&gateway.store));
+    let gateway = Gateway::start(&env, std::process::Stdio::inherit()).await?;
+    let public = gateway.public;
 
     let zoom = Zoom::new(SECRET.parse()?, 300, None);
     let client = awc::Client::default();
@@ -90,10 +90,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let vid = hubspot.contact_id(&email).ok_or("no contact")?;
         accepted.insert(vid, Instant::now());
     }
-    while store.queue_stats().await?.oldest_pending_ms.is_some() {
+    while gateway.busy().await {
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
-    gateway.stop().await?;
+    gateway.stop()?;
 
     let calls = hubspot.calls();
     let mut latencies: Vec<Duration> = Vec::with_capacity(joins);

@@ -10,9 +10,11 @@
 //!   target/release/examples/soak [minutes=60] [results=soak.tsv] [deliveries per second=40]
 //! `SOAK_DATABASE_URL=postgres://…` (an empty database) soaks on PostgreSQL.
 
+mod common;
+
 use std::{
     io::Write,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -21,6 +23,7 @@ use attendance_relay::{
     demo::simulator::{Chaos, Options, Simulator},
     sources::zoom::Zoom,
 };
+use common::{Gateway, gateway_env, metric};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -28,11 +31,6 @@ const ZOOM_SECRET: &str = "soak-zoom-secret";
 const JWT_SECRET: &str = "soak-jwt-secret";
 const EVENTBRITE_TOKEN: &str = "soak-path-token";
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
 
 /// Eventbrite's API as the gateway fetches it: every order has two attendees.
 async fn eventbrite_api() -> String {
@@ -131,23 +129,6 @@ fn delivery(n: u64, zoom: &Zoom, eventbrite: &str, sent: &[Vec<u8>]) -> (String,
     }
 }
 
-fn sample(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    (rss_kib, fds)
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -172,49 +153,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let database = std::env::var("SOAK_DATABASE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}", dir.join("relay.db").display()));
-    let (public, admin) = (free_addr(), free_addr());
-    let binary = std::env::current_exe()?
-        .parent()
-        .and_then(|examples| examples.parent())
-        .map(|release| release.join("attendance-relay"))
-        .ok_or("no target folder")?;
-    let mut gateway = Command::new(binary)
-        .env_clear()
-        .envs([
-            ("RELAY_LISTEN_ADDR", public.as_str()),
-            ("RELAY_ADMIN_ADDR", admin.as_str()),
-            ("RELAY_DATABASE_URL", database.as_str()),
-            ("RELAY_RETENTION_SECS", "300"),
-            ("RELAY_COMPLETE_DELAY_SECS", "5"),
-            ("HUBSPOT_BASE_URL", hubspot.url().as_str()),
-            ("HUBSPOT_ACCESS_TOKEN", "soak-token"),
-            ("HUBSPOT_REQUEST_TIMEOUT_MS", "3000"),
-            ("ZOOM_WEBHOOK_SECRET_TOKEN", ZOOM_SECRET),
-            ("GENERIC_JWT_SECRET", JWT_SECRET),
-            ("EVENTBRITE_WEBHOOK_TOKEN", EVENTBRITE_TOKEN),
-            ("EVENTBRITE_API_TOKEN", "soak"),
-            ("EVENTBRITE_API_BASE_URL", eventbrite.as_str()),
-            ("RUST_LOG", "warn"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join("gateway.log"))?))
-        .spawn()?;
+    let env = gateway_env(
+        &database,
+        &hubspot.url(),
+        &[
+            ("RELAY_RETENTION_SECS", "300".to_owned()),
+            ("RELAY_COMPLETE_DELAY_SECS", "5".to_owned()),
+            ("HUBSPOT_REQUEST_TIMEOUT_MS", "3000".to_owned()),
+            ("ZOOM_WEBHOOK_SECRET_TOKEN", ZOOM_SECRET.to_owned()),
+            ("GENERIC_JWT_SECRET", JWT_SECRET.to_owned()),
+            ("EVENTBRITE_WEBHOOK_TOKEN", EVENTBRITE_TOKEN.to_owned()),
+            ("EVENTBRITE_API_TOKEN", "soak".to_owned()),
+            ("EVENTBRITE_API_BASE_URL", eventbrite.clone()),
+        ],
+    );
+    let log = std::fs::File::create(dir.join("gateway.log"))?;
+    let gateway = Gateway::start(&env, Stdio::from(log)).await?;
+    let public = gateway.public;
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(10))
         .finish();
     let started = Instant::now();
-    while client
-        .get(format!("http://{public}/readyz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the gateway did not start"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let zoom = Zoom::new(ZOOM_SECRET.parse()?, 300, None);
     let mut out = std::fs::File::create(&results)?;
@@ -251,13 +210,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if Instant::now() >= next_sample {
             next_sample += SAMPLE_EVERY;
-            let (rss, fds) = sample(gateway.id());
-            let text = match client.get(format!("http://{admin}/metrics")).send().await {
-                Ok(mut response) => {
-                    String::from_utf8_lossy(&response.body().limit(1 << 22).await?).into_owned()
-                }
-                Err(_) => String::new(),
-            };
+            let (rss, fds) = gateway.sample();
+            let text = gateway.metrics().await;
             let queue = |status: &str| {
                 metric(
                     &text,
@@ -275,8 +229,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             out.flush()?;
         }
     }
-    gateway.kill()?;
-    gateway.wait()?;
+    gateway.stop()?;
     println!(
         "soak: {minutes} min, {n} deliveries, {ok} answered 200, {unauthorized} 401, {other} other; samples in {results}"
     );

@@ -1,12 +1,18 @@
 //! What the benchmark programs share: their arguments, and gateways started
-//! in their own process.
+//! from the release binary in processes of their own, so what a gateway
+//! uses (memory, descriptors) is measured apart from the bench and the
+//! HubSpot simulator beside it.
 
 // Each program compiles this module for itself and uses part of it.
 #![allow(dead_code)]
 
-use std::{collections::HashMap, error::Error, net::SocketAddr, sync::Arc};
-
-use attendance_relay::{app::Application, settings::Settings, store::Store};
+use std::{
+    collections::HashMap,
+    error::Error,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
 /// The `i`th command-line argument as a number, else `default`.
 pub fn arg(i: usize, default: u64) -> u64 {
@@ -16,19 +22,28 @@ pub fn arg(i: usize, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 /// Settings of a benchmark gateway on `database_url` that calls `hubspot`:
-/// loopback ports chosen by the system, then `more`.
+/// free loopback ports, the caller's `RUST_LOG` (else `warn`), then `more`.
 pub fn gateway_env(
     database_url: &str,
     hubspot: &str,
     more: &[(&str, String)],
 ) -> HashMap<String, String> {
     [
-        ("RELAY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("RELAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("RELAY_LISTEN_ADDR", free_addr()),
+        ("RELAY_ADMIN_ADDR", free_addr()),
         ("RELAY_DATABASE_URL", database_url.to_owned()),
         ("HUBSPOT_BASE_URL", hubspot.to_owned()),
         ("HUBSPOT_ACCESS_TOKEN", "bench-token".to_owned()),
+        (
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        ),
     ]
     .into_iter()
     .chain(more.iter().cloned())
@@ -36,32 +51,105 @@ pub fn gateway_env(
     .collect()
 }
 
-/// A gateway serving in this process until [`Gateway::stop`].
+/// A gateway process running the release binary until [`Gateway::stop`].
 pub struct Gateway {
     pub public: SocketAddr,
-    pub store: Arc<dyn Store>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+    admin: String,
+    child: Child,
+    client: awc::Client,
 }
 
 impl Gateway {
-    pub async fn start(env: &HashMap<String, String>) -> Result<Self, Box<dyn Error>> {
-        let app = Application::build(Settings::init_from_hashmap(env)?).await?;
-        let (public, store) = (app.public_addr(), app.store());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = actix_web::rt::spawn(app.run_until(async {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            public,
-            store,
-            stop,
-            server,
-        })
+    /// Starts `target/release/attendance-relay` (beside this program's own
+    /// folder) with `env` alone, its log to `stderr`, and waits until it is
+    /// ready.
+    pub async fn start(
+        env: &HashMap<String, String>,
+        stderr: Stdio,
+    ) -> Result<Self, Box<dyn Error>> {
+        let binary = std::env::current_exe()?
+            .parent()
+            .and_then(|examples| examples.parent())
+            .map(|release| release.join("attendance-relay"))
+            .ok_or("no target folder")?;
+        let child = Command::new(&binary)
+            .env_clear()
+            .envs(env)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|err| format!("{}: {err} (build it first)", binary.display()))?;
+        let gateway = Self {
+            public: env["RELAY_LISTEN_ADDR"].parse()?,
+            admin: env["RELAY_ADMIN_ADDR"].clone(),
+            child,
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .finish(),
+        };
+        let started = Instant::now();
+        let ready = format!("http://{}/readyz", gateway.public);
+        while !gateway
+            .client
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err("the gateway did not become ready within 60 s".into());
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(gateway)
     }
 
-    pub async fn stop(self) -> Result<(), Box<dyn Error>> {
-        let _ = self.stop.send(());
-        Ok(self.server.await??)
+    /// The process's resident memory (KiB) and open descriptors, from /proc.
+    pub fn sample(&self) -> (u64, usize) {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        (rss_kib, fds)
     }
+
+    /// The admin listener's metrics (empty when it does not answer).
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin);
+        match self.client.get(url).send().await {
+            Ok(mut response) => match response.body().limit(1 << 22).await {
+                Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+                Err(_) => String::new(),
+            },
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Whether any record is pending, leased ones included (true while it
+    /// cannot tell).
+    pub async fn busy(&self) -> bool {
+        let pending = metric(
+            &self.metrics().await,
+            "relay_queue_records{status=\"pending\"}",
+        );
+        pending.is_nan() || pending > 0.0
+    }
+
+    /// Kills the process (what it acknowledged is durable, so nothing is
+    /// lost) and waits for it.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait().map(drop)
+    }
+}
+
+/// The value of one series in Prometheus text, NaN where it is missing.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
 }

@@ -142,6 +142,9 @@ impl Health {
     }
 }
 
+/// Held while one marketing event is being created; true once it exists.
+type EventCreated = Rc<tokio::sync::Mutex<bool>>;
+
 /// What every batch task shares.
 struct Shared {
     store: Arc<dyn Store>,
@@ -152,7 +155,7 @@ struct Shared {
     health: Health,
     /// Marketing events created (or being created) by this process, so two
     /// groups of one unknown event create it once.
-    events: RefCell<HashMap<(String, String), Rc<tokio::sync::Mutex<bool>>>>,
+    events: RefCell<HashMap<(String, String), EventCreated>>,
     wake: Arc<Notify>,
 }
 
