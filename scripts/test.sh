@@ -43,7 +43,7 @@ cargo test --locked
 # The same HTTP-level suites once more on the PostgreSQL store (a database of
 # their own per test, dropped after); the store suite runs on both above.
 RELAY_TEST_STORE=postgres cargo test --locked --test api -- \
-  forwarding:: batching:: oauth:: eventbrite:: generic:: zoom:: operations:: admin:: completion::
+  forwarding:: batching:: oauth:: eventbrite:: generic:: zoom:: operations:: admin:: completion:: hostile::
 
 # The short form of scripts/fuzz.sh (RELIABILITY.md has the long one's results).
 bash scripts/fuzz.sh --dev 20
