@@ -5,7 +5,7 @@
 # Usage: bench/latency.sh [joins per second=3] [seconds=40] [webinars=3]   (writes bench/results/latency.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --example latency_bench
+cargo build --release --quiet --bin attendance-relay --example latency_bench
 mkdir -p bench/results
 {
   echo "# bench/latency.sh $* $(date -u +%FT%TZ), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load average $(cut -d' ' -f1-3 /proc/loadavg)"
