@@ -27,22 +27,11 @@ use attendance_relay::{
     record::{Delivery, NewRecord, State, now_ms},
     store,
 };
-use common::{Gateway, arg, gateway_env};
+use common::{Gateway, arg, gateway_env, rss_kib};
 
 const PER_DELIVERY: usize = 100;
 /// Seconds between RSS samples during the drain.
 const RSS_EVERY: f64 = 5.0;
-
-/// This process's resident memory, from /proc (0 where there is none).
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
 
 /// The largest resident memory among the gateways (MiB).
 fn gateways_rss_mib(running: &[Gateway]) -> f64 {
@@ -135,7 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
     // (seconds into the drain, largest gateway RSS MiB, this process's RSS
     // MiB), every RSS_EVERY.
-    let sample = |running: &[Gateway]| (gateways_rss_mib(running), rss_mib());
+    let sample = |running: &[Gateway]| (gateways_rss_mib(running), rss_kib("self") as f64 / 1024.0);
     let mut rss = vec![(0.0, sample(&running))];
     // Seldom: each look counts the store's records, the whole backlog.
     while running[0].busy().await {

@@ -106,15 +106,9 @@ impl Gateway {
 
     /// The process's resident memory (KiB) and open descriptors, from /proc.
     pub fn sample(&self) -> (u64, usize) {
-        let pid = self.child.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
+        let pid = self.child.id().to_string();
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-        (rss_kib, fds)
+        (rss_kib(&pid), fds)
     }
 
     /// The admin listener's metrics (empty when it does not answer).
@@ -145,6 +139,17 @@ impl Gateway {
         self.child.kill()?;
         self.child.wait().map(drop)
     }
+}
+
+/// Resident memory (KiB) of process `pid` (`self` for this one), from /proc;
+/// 0 where there is none.
+pub fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The value of one series in Prometheus text, NaN where it is missing.
