@@ -127,7 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sample = |running: &[Gateway]| (gateways_rss_mib(running), rss_kib("self") as f64 / 1024.0);
     let mut rss = vec![(0.0, sample(&running))];
     // Seldom: each look counts the store's records, the whole backlog.
-    while running[0].busy().await {
+    while running[0].busy().await? {
         actix_web::rt::time::sleep(Duration::from_secs(1)).await;
         let at = started.elapsed().as_secs_f64();
         if at - rss.last().map_or(0.0, |(t, _)| *t) >= RSS_EVERY {

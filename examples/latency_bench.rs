@@ -69,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("RELAY_BATCH_LINGER_MS", LINGER_MS.to_string()),
         ],
     );
-    let gateway = Gateway::start(&env, std::process::Stdio::inherit()).await?;
+    let mut gateway = Gateway::start(&env, std::process::Stdio::inherit()).await?;
     let public = gateway.public;
 
     let zoom = Zoom::new(SECRET.parse()?, 300, None);
@@ -90,7 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let vid = hubspot.contact_id(&email).ok_or("no contact")?;
         accepted.insert(vid, Instant::now());
     }
-    while gateway.busy().await {
+    while gateway.busy().await? {
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
     gateway.stop()?;

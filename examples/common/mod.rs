@@ -79,7 +79,7 @@ impl Gateway {
             .stderr(stderr)
             .spawn()
             .map_err(|err| format!("{}: {err} (build it first)", binary.display()))?;
-        let gateway = Self {
+        let mut gateway = Self {
             public: env["RELAY_LISTEN_ADDR"].parse()?,
             admin: env["RELAY_ADMIN_ADDR"].clone(),
             child,
@@ -96,12 +96,22 @@ impl Gateway {
             .await
             .is_ok_and(|r| r.status().is_success())
         {
+            gateway.alive()?;
             if started.elapsed() > Duration::from_secs(60) {
                 return Err("the gateway did not become ready within 60 s".into());
             }
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(gateway)
+    }
+
+    /// An error once the process has ended, so a bench never waits on a
+    /// gateway that is gone.
+    fn alive(&mut self) -> Result<(), Box<dyn Error>> {
+        match self.child.try_wait()? {
+            Some(status) => Err(format!("the gateway exited ({status})").into()),
+            None => Ok(()),
+        }
     }
 
     /// The process's resident memory (KiB) and open descriptors, from /proc.
@@ -124,13 +134,14 @@ impl Gateway {
     }
 
     /// Whether any record is pending, leased ones included (true while it
-    /// cannot tell).
-    pub async fn busy(&self) -> bool {
+    /// cannot tell); an error once the process has ended.
+    pub async fn busy(&mut self) -> Result<bool, Box<dyn Error>> {
+        self.alive()?;
         let pending = metric(
             &self.metrics().await,
             "relay_queue_records{status=\"pending\"}",
         );
-        pending.is_nan() || pending > 0.0
+        Ok(pending.is_nan() || pending > 0.0)
     }
 
     /// Kills the process (what it acknowledged is durable, so nothing is
