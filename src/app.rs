@@ -27,6 +27,10 @@ use crate::{
 
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: u64 = 30;
+/// How long batches and fetches under way at SIGTERM may take to finish
+/// and settle (inside Kubernetes' default 30 s); one still at work then is
+/// cut off as a crash would cut it, and sent again once its lease runs out.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(20);
 /// A request's head must arrive within this (else 408 and the connection is
 /// closed), so a client trickling header lines cannot hold a connection.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -258,16 +262,22 @@ impl Application {
         let (public, admin) = (self.public.handle(), self.admin.handle());
         let janitor =
             actix_web::rt::spawn(purge_settled(Arc::clone(&self.store), self.retention_ms));
-        // Stopped mid-call, it leaves leased records that are sent again on
-        // the next start: HubSpot's create is idempotent for them.
-        let mut forwarder = actix_web::rt::spawn(self.forwarder.run());
-        let mut fetcher = actix_web::rt::spawn(self.fetcher.run());
+        let (stopping, stop_signal) = tokio::sync::watch::channel(false);
+        let stopped = || {
+            let mut signal = stop_signal.clone();
+            async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            }
+        };
+        let mut forwarder = actix_web::rt::spawn(self.forwarder.run(stopped()));
+        let mut fetcher = actix_web::rt::spawn(self.fetcher.run(stopped()));
         // The servers run as their own task: they must keep being polled while
         // the stop below waits for them to drain.
         let mut servers =
             actix_web::rt::spawn(async move { tokio::try_join!(self.public, self.admin) });
-        // The background tasks never return; one that does has panicked, and a
-        // gateway that stores but no longer forwards must exit to be restarted.
+        // The background tasks return only once stopped; one that returns
+        // before has panicked, and a gateway that stores but no longer
+        // forwards must exit to be restarted.
         let failed = |task: &str, ended: Result<(), tokio::task::JoinError>| {
             tracing::error!(task, error = ?ended.err(), "background task stopped; shutting down");
             std::io::Error::other(format!("the {task} stopped"))
@@ -286,8 +296,10 @@ impl Application {
             }
         };
         let mut result = failure.map_or(Ok(()), Err);
+        let background_deadline = tokio::time::Instant::now() + BACKGROUND_GRACE;
         if drain {
-            tracing::info!("shutting down: finishing requests in flight");
+            tracing::info!("shutting down: finishing requests and batches in flight");
+            stopping.send_replace(true);
             tokio::join!(public.stop(true), admin.stop(true));
             let drained = servers
                 .await
@@ -297,8 +309,21 @@ impl Application {
         janitor.abort();
         // Awaited so they are gone before the store closes (a finished
         // handle must not be polled again).
-        for (running, task) in [(forwarder_running, forwarder), (fetcher_running, fetcher)] {
-            if running {
+        for (running, mut task, name) in [
+            (forwarder_running, forwarder, "forwarder"),
+            (fetcher_running, fetcher, "fetcher"),
+        ] {
+            if !running {
+                continue;
+            }
+            let finished = drain
+                && tokio::time::timeout_at(background_deadline, &mut task)
+                    .await
+                    .is_ok();
+            if !finished {
+                if drain {
+                    tracing::warn!(task = name, "still at work after the grace period; cut off");
+                }
                 task.abort();
                 let _ = task.await;
             }

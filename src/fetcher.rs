@@ -52,11 +52,13 @@ impl Fetcher {
         }
     }
 
-    /// Fetches until the task is dropped.
-    pub async fn run(self) {
+    /// Fetches until `stop` resolves; a round under way is finished first,
+    /// so its deliveries are settled rather than left leased.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
         loop {
             let wait = match self.round().await {
-                Ok(true) => continue,
+                Ok(true) => Duration::ZERO,
                 Ok(false) => IDLE_POLL,
                 Err(err) => {
                     tracing::error!(error = %err, "fetching cannot use the store");
@@ -64,7 +66,9 @@ impl Fetcher {
                 }
             };
             tokio::select! {
-                () = self.wake.notified() => {}
+                biased;
+                () = &mut stop => return,
+                () = self.wake.notified(), if !wait.is_zero() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }

@@ -188,8 +188,12 @@ impl Forwarder {
         }
     }
 
-    /// Forwards until the task is dropped.
-    pub async fn run(self) {
+    /// Forwards until `stop` resolves, then lets the batches in flight
+    /// finish and settle before returning, so a restart finds their records
+    /// settled rather than leased to a process that is gone (they would wait
+    /// out the lease and then travel apart from their group).
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
         let shared = self.shared;
         let mut in_flight = FuturesUnordered::new();
         let mut paused: Option<(String, Duration, tokio::time::Instant)> = None;
@@ -264,7 +268,9 @@ impl Forwarder {
                 }
                 () = shared.wake.notified(), if idle => {}
                 () = tokio::time::sleep(wait) => {}
+                () = &mut stop => break,
             }
         }
+        while in_flight.next().await.is_some() {}
     }
 }

@@ -129,3 +129,53 @@ async fn a_record_whose_call_was_cut_by_a_crash_is_delivered_after_restart() {
     restarted.child.kill().unwrap();
     restarted.child.wait().unwrap();
 }
+
+#[actix_web::test]
+async fn sigterm_lets_a_batch_in_flight_finish_and_settle() {
+    let hubspot = Simulator::start(Options::default()).await.unwrap();
+    hubspot.add_contact("p0@example.com");
+    hubspot.set_latency(Some(Duration::from_secs(2)));
+    let env = [
+        ("HUBSPOT_BASE_URL", hubspot.url()),
+        ("HUBSPOT_ACCESS_TOKEN", HUBSPOT_TOKEN.to_owned()),
+        ("RELAY_BATCH_LINGER_MS", "0".to_owned()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let mut gateway = Gateway::start_with(&db, &env, None).await;
+    assert_eq!(gateway.post_join(0).await, Some(StatusCode::OK));
+    wait_until("the create call is in flight", 20, async || {
+        hubspot
+            .calls()
+            .iter()
+            .any(|c| c.operation == Operation::AttendanceCreate)
+    })
+    .await;
+    let pid = gateway.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = gateway.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    // Settled before the exit: nothing waits out a lease held by the gone
+    // process, and nothing is sent again.
+    hubspot.set_latency(None);
+    let mut restarted = Gateway::start_with(&db, &env, None).await;
+    let text = restarted.metrics().await;
+    assert_eq!(
+        metric(&text, "relay_queue_records", &[("status", "delivered")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "relay_queue_records", &[("status", "pending")]),
+        Some(0.0)
+    );
+    restarted.child.kill().unwrap();
+    restarted.child.wait().unwrap();
+    let creates = hubspot
+        .calls()
+        .iter()
+        .filter(|c| c.operation == Operation::AttendanceCreate)
+        .count();
+    assert_eq!((creates, hubspot.attendance().len()), (1, 1));
+}
