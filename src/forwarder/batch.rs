@@ -65,6 +65,9 @@ impl Shared {
         if group.state == State::Complete {
             return self.complete(records).await;
         }
+        // Before the contact look-up: a look-up failing together with other
+        // batches' calls counts once towards the backoff, as a create does.
+        let mut delay = BatchDelay::new();
         let wanted: Vec<Wanted> = records
             .iter()
             .filter(|r| r.record.vid.is_none())
@@ -86,7 +89,6 @@ impl Shared {
             }
         };
 
-        let mut delay = BatchDelay::new();
         let mut settled = Vec::with_capacity(records.len());
         let mut sendable: Vec<Sendable> = Vec::with_capacity(records.len());
         for stored in records {

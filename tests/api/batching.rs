@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use attendance_relay::{
     demo::simulator::{Call, Chaos, Fault, Options, Simulator},
     hubspot::Operation,
+    store::RecordStatus,
 };
 use futures_util::{StreamExt, stream};
 
@@ -103,6 +104,34 @@ async fn joins_arriving_fast_go_in_full_batches_and_linger_only_bounds_the_rest(
         sizes.len(),
         joins.len()
     );
+}
+
+/// Six batches whose contact look-ups time out together are one failure of
+/// HubSpot's, not six: the shared backoff stays short, so the drain goes on
+/// soon after HubSpot recovers.
+#[actix_web::test]
+async fn look_ups_failing_together_count_as_one_failure() {
+    let hubspot = Simulator::start(Options::default()).await.unwrap();
+    hubspot.set_latency(Some(Duration::from_secs(30)));
+    let joins = interleaved(6, 100);
+    let app = backlog_then_drain(&joins, &hubspot, &[("HUBSPOT_REQUEST_TIMEOUT_MS", "1000")]).await;
+    // Two rounds of look-ups at most have failed by now (each waits out a
+    // 1 s timeout, then a backoff of about 1 s, then 2 s): nothing is due
+    // more than 2 s ahead. Counted one by one, the six batches of the first
+    // round alone would push the last of them 16–32 s ahead.
+    actix_web::rt::time::sleep(Duration::from_millis(4500)).await;
+    let now = attendance_relay::record::now_ms();
+    let waiting: Vec<i64> = app
+        .records()
+        .await
+        .iter()
+        .filter(|r| r.attempts > 0 && r.status == RecordStatus::Pending)
+        .map(|r| r.next_attempt_ms - now)
+        .collect();
+    assert!(!waiting.is_empty(), "the look-ups failed and were retried");
+    let furthest = waiting.iter().max().copied().unwrap_or_default();
+    assert!(furthest <= 4_000, "a retry {furthest} ms ahead");
+    assert!(creates(&hubspot).is_empty());
 }
 
 /// HubSpot answers slowly for a spell (every call times out), then fails at
