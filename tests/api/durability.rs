@@ -1,6 +1,6 @@
 //! The real binary, killed and restarted: what got a 200 is still there.
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use actix_web::http::StatusCode;
 
@@ -85,6 +85,29 @@ async fn sigterm_finishes_requests_in_flight_and_exits_cleanly() {
     restarted.child.wait().unwrap();
 }
 
+/// A gateway forwarding to `hubspot` (with the environment it was started
+/// with) whose one record's create call is in flight.
+async fn gateway_mid_create(
+    hubspot: &Simulator,
+    db: &Path,
+) -> (Gateway, Vec<(&'static str, String)>) {
+    let env = vec![
+        ("HUBSPOT_BASE_URL", hubspot.url()),
+        ("HUBSPOT_ACCESS_TOKEN", HUBSPOT_TOKEN.to_owned()),
+        ("RELAY_BATCH_LINGER_MS", "0".to_owned()),
+    ];
+    let gateway = Gateway::start_with(db, &env, None).await;
+    assert_eq!(gateway.post_join(0).await, Some(StatusCode::OK));
+    wait_until("the create call is in flight", 20, async || {
+        hubspot
+            .calls()
+            .iter()
+            .any(|c| c.operation == Operation::AttendanceCreate)
+    })
+    .await;
+    (gateway, env)
+}
+
 #[actix_web::test]
 async fn a_record_whose_call_was_cut_by_a_crash_is_delivered_after_restart() {
     let hubspot = Simulator::start(Options::default()).await.unwrap();
@@ -94,22 +117,9 @@ async fn a_record_whose_call_was_cut_by_a_crash_is_delivered_after_restart() {
         Operation::AttendanceCreate,
         Fault::status(200).delayed(Duration::from_secs(30)),
     );
-    let env = [
-        ("HUBSPOT_BASE_URL", hubspot.url()),
-        ("HUBSPOT_ACCESS_TOKEN", HUBSPOT_TOKEN.to_owned()),
-        ("RELAY_BATCH_LINGER_MS", "0".to_owned()),
-    ];
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("relay.db");
-    let mut gateway = Gateway::start_with(&db, &env, None).await;
-    assert_eq!(gateway.post_join(0).await, Some(StatusCode::OK));
-    wait_until("the create call is in flight", 10, async || {
-        hubspot
-            .calls()
-            .iter()
-            .any(|c| c.operation == Operation::AttendanceCreate)
-    })
-    .await;
+    let (mut gateway, env) = gateway_mid_create(&hubspot, &db).await;
     gateway.child.kill().unwrap();
     gateway.child.wait().unwrap();
     assert!(hubspot.attendance().is_empty());
@@ -135,22 +145,9 @@ async fn sigterm_lets_a_batch_in_flight_finish_and_settle() {
     let hubspot = Simulator::start(Options::default()).await.unwrap();
     hubspot.add_contact("p0@example.com");
     hubspot.set_latency(Some(Duration::from_secs(2)));
-    let env = [
-        ("HUBSPOT_BASE_URL", hubspot.url()),
-        ("HUBSPOT_ACCESS_TOKEN", HUBSPOT_TOKEN.to_owned()),
-        ("RELAY_BATCH_LINGER_MS", "0".to_owned()),
-    ];
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("relay.db");
-    let mut gateway = Gateway::start_with(&db, &env, None).await;
-    assert_eq!(gateway.post_join(0).await, Some(StatusCode::OK));
-    wait_until("the create call is in flight", 20, async || {
-        hubspot
-            .calls()
-            .iter()
-            .any(|c| c.operation == Operation::AttendanceCreate)
-    })
-    .await;
+    let (mut gateway, env) = gateway_mid_create(&hubspot, &db).await;
     let pid = gateway.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let status = gateway.child.wait().unwrap();

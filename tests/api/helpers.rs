@@ -351,38 +351,55 @@ impl Gateway {
         Self::start_with(db, &[], None).await
     }
 
-    /// With extra environment, and its log (stderr) written to `log`.
+    /// With extra environment, and its log (stderr) written to `log`. Its
+    /// ports are picked free and bound only by the child, so a test running
+    /// beside may take one in between: a child that exits before it is ready
+    /// is started again on other ports.
     pub async fn start_with(db: &Path, env: &[(&str, String)], log: Option<&Path>) -> Self {
-        let (public, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_attendance-relay"))
-            .env_clear()
-            .env("RELAY_LISTEN_ADDR", format!("127.0.0.1:{public}"))
-            .env("RELAY_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
-            .env("RELAY_DATABASE_URL", format!("sqlite://{}", db.display()))
-            .env("ZOOM_WEBHOOK_SECRET_TOKEN", ZOOM_SECRET)
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log.map_or_else(Stdio::inherit, |path| {
-                Stdio::from(std::fs::File::create(path).expect("log file"))
-            }))
-            .spawn()
-            .expect("binary starts");
-        let gateway = Self {
-            child,
-            public: format!("http://127.0.0.1:{public}"),
-            admin: format!("http://127.0.0.1:{admin}"),
-            client: awc::Client::default(),
-        };
+        for _ in 0..3 {
+            let (public, admin) = (free_port(), free_port());
+            let child = Command::new(env!("CARGO_BIN_EXE_attendance-relay"))
+                .env_clear()
+                .env("RELAY_LISTEN_ADDR", format!("127.0.0.1:{public}"))
+                .env("RELAY_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+                .env("RELAY_DATABASE_URL", format!("sqlite://{}", db.display()))
+                .env("ZOOM_WEBHOOK_SECRET_TOKEN", ZOOM_SECRET)
+                .env("RUST_LOG", "warn")
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(log.map_or_else(Stdio::inherit, |path| {
+                    Stdio::from(std::fs::File::create(path).expect("log file"))
+                }))
+                .spawn()
+                .expect("binary starts");
+            let mut gateway = Self {
+                child,
+                public: format!("http://127.0.0.1:{public}"),
+                admin: format!("http://127.0.0.1:{admin}"),
+                client: awc::Client::default(),
+            };
+            if gateway.ready().await {
+                return gateway;
+            }
+        }
+        panic!("the gateway exited before it was ready, three times");
+    }
+
+    /// Waits until it answers `/readyz`; false when it exited first.
+    async fn ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ready = gateway
+            let ready = self
                 .client
-                .get(format!("{}/readyz", gateway.public))
+                .get(format!("{}/readyz", self.public))
                 .send()
                 .await;
             if matches!(ready, Ok(ref r) if r.status() == StatusCode::OK) {
-                return gateway;
+                return true;
+            }
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                eprintln!("the gateway exited before it was ready ({status})");
+                return false;
             }
             assert!(Instant::now() < deadline, "gateway did not become ready");
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
