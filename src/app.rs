@@ -296,7 +296,8 @@ impl Application {
             }
         };
         let mut result = failure.map_or(Ok(()), Err);
-        let background_deadline = tokio::time::Instant::now() + BACKGROUND_GRACE;
+        // When draining, the background tasks may finish what is under way.
+        let grace = drain.then(|| tokio::time::Instant::now() + BACKGROUND_GRACE);
         if drain {
             tracing::info!("shutting down: finishing requests and batches in flight");
             stopping.send_replace(true);
@@ -316,17 +317,14 @@ impl Application {
             if !running {
                 continue;
             }
-            let finished = drain
-                && tokio::time::timeout_at(background_deadline, &mut task)
-                    .await
-                    .is_ok();
-            if !finished {
-                if drain {
-                    tracing::warn!(task = name, "still at work after the grace period; cut off");
+            if let Some(until) = grace {
+                if tokio::time::timeout_at(until, &mut task).await.is_ok() {
+                    continue;
                 }
-                task.abort();
-                let _ = task.await;
+                tracing::warn!(task = name, "still at work after the grace period; cut off");
             }
+            task.abort();
+            let _ = task.await;
         }
         self.store.close().await;
         tracing::info!("stopped");
