@@ -2,14 +2,20 @@
 //! forwarder, both listeners.
 //! Binding happens here so tests can ask for port 0 and read the real port.
 
-use std::{net::SocketAddr, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
+use std::{
+    net::{SocketAddr, TcpListener},
+    num::NonZeroUsize,
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
+};
 
-use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web};
+use actix_web::{HttpServer, dev::Server, web};
 
 use crate::{
     fetcher::Fetcher,
     forwarder::{self, Forwarder},
-    http::{self, AppState, Sources, admin::AdminAuth},
+    http::{self, AppState, Listener, Routes, Sources, admin::AdminAuth},
     hubspot::HubSpotClient,
     metrics::Metrics,
     operations::Operations,
@@ -21,6 +27,7 @@ use crate::{
         generic::{Generic, GenericConfigError},
         zoom::Zoom,
     },
+    status::LiveStatus,
     store::{self, Store, StoreError},
     token::{self, CredentialConfigError},
 };
@@ -85,58 +92,108 @@ pub struct Application {
     retention_ms: i64,
 }
 
-fn bind(addr: &str) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let bound = TcpListener::bind(addr).and_then(|listener| {
+        let local = listener.local_addr()?;
+        Ok((listener, local))
+    });
+    bound.map_err(|source| StartupError::Bind {
         addr: addr.to_owned(),
         source,
     })
 }
 
+/// The server of one listener, with the timeouts both share; the process's
+/// signals are the application's to handle. Public connections are watched
+/// for trickled heads.
+fn serve(
+    (listener, addr): (TcpListener, SocketAddr),
+    workers: Option<NonZeroUsize>,
+    state: web::Data<AppState>,
+    routes: Routes,
+) -> Result<Server, StartupError> {
+    let watched = routes.listener() == Listener::Public;
+    let mut server = HttpServer::new(move || http::app(state.clone(), routes.clone())).on_connect(
+        move |io, data| {
+            if watched {
+                http::connection::watch(io, data, NEXT_HEAD_LIMIT);
+            }
+        },
+    );
+    // Else actix-web's default: one worker per core.
+    if let Some(workers) = workers {
+        server = server.workers(workers.get());
+    }
+    let server = server
+        .client_request_timeout(HEAD_TIMEOUT)
+        .keep_alive(KEEP_ALIVE)
+        .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE)
+        .listen(listener)
+        .map_err(|source| StartupError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    Ok(server.run())
+}
+
+/// The configured sources, each one's series visible from the start, and
+/// the platforms whose deliveries the fetcher completes from their API.
+fn sources_from(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<(Sources, Vec<Rc<dyn Fetch>>), StartupError> {
+    let eventbrite_api = eventbrite::api_base(settings.eventbrite_api_base_url.as_str())
+        .map_err(|err| StartupError::Setting("EVENTBRITE_API_BASE_URL", err.to_string()))?;
+    let sources = Sources {
+        zoom: settings.zoom_webhook_secret_token.as_ref().map(|secret| {
+            web::Data::new(Zoom::new(
+                secret.clone(),
+                settings.zoom_signature_tolerance_secs,
+                settings.zoom_external_account_id.clone(),
+            ))
+        }),
+        eventbrite: settings.eventbrite_webhook_token.as_ref().map(|token| {
+            web::Data::new(Eventbrite::new(
+                token.clone(),
+                eventbrite_api.clone(),
+                settings.eventbrite_external_account_id.clone(),
+            ))
+        }),
+        generic: Generic::from_settings(settings)?.map(web::Data::new),
+    };
+    if sources.zoom.is_some() {
+        metrics.init_source(Zoom::NAME);
+    }
+    if sources.generic.is_some() {
+        metrics.init_source(Generic::NAME);
+    }
+    let mut platforms: Vec<Rc<dyn Fetch>> = Vec::new();
+    if sources.eventbrite.is_some() {
+        metrics.init_fetching_source(Eventbrite::NAME);
+        platforms.push(Rc::new(EventbriteApi::new(
+            settings.eventbrite_api_token.clone(),
+            eventbrite_api,
+            settings.eventbrite_external_account_id.clone(),
+        )));
+    }
+    Ok((sources, platforms))
+}
+
 impl Application {
-    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+    pub fn build(settings: Settings) -> Result<Self, StartupError> {
         let store = store::open(settings.database_url.expose())?;
         let metrics = Arc::new(Metrics::new());
-        let eventbrite_api = eventbrite::api_base(settings.eventbrite_api_base_url.as_str())
-            .map_err(|err| StartupError::Setting("EVENTBRITE_API_BASE_URL", err.to_string()))?;
-        let sources = Sources {
-            zoom: settings.zoom_webhook_secret_token.as_ref().map(|secret| {
-                web::Data::new(Zoom::new(
-                    secret.clone(),
-                    settings.zoom_signature_tolerance_secs,
-                    settings.zoom_external_account_id.clone(),
-                ))
-            }),
-            eventbrite: settings.eventbrite_webhook_token.as_ref().map(|token| {
-                web::Data::new(Eventbrite::new(
-                    token.clone(),
-                    eventbrite_api.clone(),
-                    settings.eventbrite_external_account_id.clone(),
-                ))
-            }),
-            generic: Generic::from_settings(&settings)?.map(web::Data::new),
-        };
-        if sources.zoom.is_some() {
-            metrics.init_source(Zoom::NAME);
-        }
-        if sources.generic.is_some() {
-            metrics.init_source(Generic::NAME);
-        }
-        // Platforms whose deliveries the fetcher completes from their API.
-        let mut platforms: Vec<Rc<dyn Fetch>> = Vec::new();
-        if sources.eventbrite.is_some() {
-            metrics.init_fetching_source(Eventbrite::NAME);
-            platforms.push(Rc::new(EventbriteApi::new(
-                settings.eventbrite_api_token.clone(),
-                eventbrite_api,
-                settings.eventbrite_external_account_id.clone(),
-            )));
-        }
+        let status = Arc::new(LiveStatus::default());
+        let (sources, platforms) = sources_from(&settings, &metrics)?;
         let forwarder_wake = Arc::new(tokio::sync::Notify::new());
         let fetcher_wake = Arc::new(tokio::sync::Notify::new());
         let forwarder = forwarder_from(
             &settings,
-            Arc::clone(&store),
-            Arc::clone(&metrics),
+            &store,
+            &metrics,
+            &status,
             Arc::clone(&forwarder_wake),
         )?;
         let fetcher = Fetcher::new(
@@ -149,18 +206,13 @@ impl Application {
         );
         // The admin API exists only with its key: without one its routes are absent (404).
         let admin_api = settings.admin_jwt_secret.as_ref().map(|secret| {
-            (
-                web::Data::new(AdminAuth::new(secret)),
-                web::Data::new(Operations::new(
-                    Arc::clone(&store),
-                    &settings,
-                    Some(Arc::clone(&metrics)),
-                )),
-            )
+            let ops = Operations::new(Arc::clone(&store), &settings, Some(Arc::clone(&status)));
+            (web::Data::new(AdminAuth::new(secret)), web::Data::new(ops))
         });
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             metrics,
+            status,
             max_body_bytes: settings.max_body_bytes.get(),
             in_flight: tokio::sync::Semaphore::new(
                 (settings.max_inflight_bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
@@ -169,59 +221,16 @@ impl Application {
             fetcher_wake,
         });
 
-        let public_listener = bind(&settings.listen_addr)?;
-        let admin_listener = bind(&settings.admin_addr)?;
-        let public_addr = public_listener
-            .local_addr()
-            .expect("bound socket has an address");
-        let admin_addr = admin_listener
-            .local_addr()
-            .expect("bound socket has an address");
-
-        let public_state = state.clone();
-        let mut public = HttpServer::new(move || {
-            App::new()
-                .wrap(from_fn(http::count_requests))
-                .wrap(from_fn(http::connection::mark_requests))
-                .configure(|cfg| http::public(cfg, public_state.clone(), sources.clone()))
-                .default_service(web::to(http::not_found))
-        })
-        .on_connect(|io, data| http::connection::watch(io, data, NEXT_HEAD_LIMIT))
-        .client_request_timeout(HEAD_TIMEOUT)
-        .keep_alive(KEEP_ALIVE)
-        .client_disconnect_timeout(DISCONNECT_TIMEOUT)
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE);
-        if let Some(workers) = settings.workers {
-            public = public.workers(workers.get());
-        }
-        let public = public
-            .listen(public_listener)
-            .map_err(|source| StartupError::Bind {
-                addr: settings.listen_addr.clone(),
-                source,
-            })?
-            .run();
-
-        let admin = HttpServer::new(move || {
-            App::new()
-                .wrap(from_fn(http::count_requests))
-                .configure(|cfg| http::admin(cfg, state.clone(), admin_api.clone()))
-                .default_service(web::to(http::not_found))
-        })
-        .workers(1)
-        .client_request_timeout(HEAD_TIMEOUT)
-        .keep_alive(KEEP_ALIVE)
-        .client_disconnect_timeout(DISCONNECT_TIMEOUT)
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE)
-        .listen(admin_listener)
-        .map_err(|source| StartupError::Bind {
-            addr: settings.admin_addr.clone(),
-            source,
-        })?
-        .run();
-
+        let public = bind(&settings.listen_addr)?;
+        let admin = bind(&settings.admin_addr)?;
+        let (public_addr, admin_addr) = (public.1, admin.1);
+        let public = serve(
+            public,
+            settings.workers,
+            state.clone(),
+            Routes::Public(sources),
+        )?;
+        let admin = serve(admin, NonZeroUsize::new(1), state, Routes::Admin(admin_api))?;
         tracing::info!(%public_addr, %admin_addr, store = %settings.database_url.redacted(), "listening");
         Ok(Self {
             public,
@@ -334,17 +343,24 @@ impl Application {
 
 fn forwarder_from(
     settings: &Settings,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
+    store: &Arc<dyn Store>,
+    metrics: &Arc<Metrics>,
+    status: &Arc<LiveStatus>,
     wake: Arc<tokio::sync::Notify>,
 ) -> Result<Forwarder, CredentialConfigError> {
+    let token = token::from_settings(
+        settings,
+        Arc::clone(store),
+        Arc::clone(metrics),
+        Arc::clone(status),
+    )?;
     let hubspot = HubSpotClient::new(
         settings.hubspot_base_url.as_str(),
-        token::from_settings(settings, Arc::clone(&store), Arc::clone(&metrics))?,
+        token,
         settings.hubspot_rate_limit_per_10s.get(),
         Duration::from_millis(settings.hubspot_request_timeout_ms),
-        Arc::clone(&metrics),
-        Arc::clone(&store),
+        Arc::clone(metrics),
+        Arc::clone(store),
     );
     let config = forwarder::Config {
         batch_size: settings.hubspot_batch_size.get(),
@@ -354,7 +370,14 @@ fn forwarder_from(
         upsert_events: settings.upsert_events,
         complete_delay: Duration::from_secs(settings.complete_delay_secs),
     };
-    Ok(Forwarder::new(store, hubspot, config, metrics, wake))
+    Ok(Forwarder::new(
+        Arc::clone(store),
+        hubspot,
+        config,
+        Arc::clone(metrics),
+        Arc::clone(status),
+        wake,
+    ))
 }
 
 async fn purge_settled(store: Arc<dyn Store>, retention_ms: i64) {

@@ -3,7 +3,6 @@ use std::process::ExitCode;
 use attendance_relay::{
     app::Application,
     cli::{self, Command},
-    demo,
     settings::Settings,
     telemetry,
 };
@@ -31,20 +30,31 @@ async fn main() -> ExitCode {
         Command::Demo => {
             // Quiet by default: the demo's own report is the output.
             telemetry::init(settings.log_format, "warn");
-            match demo::run().await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("attendance-relay demo failed: {err}");
-                    ExitCode::FAILURE
-                }
-            }
+            demo().await
         }
     }
 }
 
+#[cfg(feature = "demo")]
+async fn demo() -> ExitCode {
+    match attendance_relay::demo::run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("attendance-relay demo failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(feature = "demo"))]
+async fn demo() -> ExitCode {
+    eprintln!("attendance-relay: the demo is not built in (build with the `demo` feature)");
+    ExitCode::from(CONFIGURATION_ERROR)
+}
+
 async fn serve(settings: Settings) -> ExitCode {
     telemetry::init(settings.log_format, "info");
-    let app = match Application::build(settings).await {
+    let app = match Application::build(settings) {
         Ok(app) => app,
         Err(err) => {
             tracing::error!(error = %err, "cannot start");

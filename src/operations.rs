@@ -12,9 +12,9 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    metrics::Metrics,
     record::{State, format_utc, now_ms},
     settings::Settings,
+    status::LiveStatus,
     store::{
         OwedDelivery, RecordFilter, RecordStatus, RetryCounts, Store, StoreError, StoredRecord,
     },
@@ -256,11 +256,11 @@ pub struct Operations {
     store_kind: String,
     credential_mode: &'static str,
     /// The running gateway's own state; `None` from the command line.
-    live: Option<Arc<Metrics>>,
+    live: Option<Arc<LiveStatus>>,
 }
 
 impl Operations {
-    pub fn new(store: Arc<dyn Store>, settings: &Settings, live: Option<Arc<Metrics>>) -> Self {
+    pub fn new(store: Arc<dyn Store>, settings: &Settings, live: Option<Arc<LiveStatus>>) -> Self {
         let credential_mode = match (&settings.hubspot_client_id, &settings.hubspot_access_token) {
             (Some(_), _) => "oauth",
             (None, Some(_)) => "static",
@@ -295,23 +295,15 @@ impl Operations {
                 .or_default() += tally.count;
         }
         let now = now_ms();
-        let live = self.live.as_deref();
-        let operations = live.map(Metrics::operations_status);
-        let forwarding = match (self.credential_mode, live) {
+        let live = self.live.as_deref().map(LiveStatus::snapshot);
+        let forwarding = match (self.credential_mode, &live) {
             ("none", _) => Forwarding {
                 state: "paused",
                 reason: Some(CredentialError::Missing.to_string()),
             },
-            (_, Some(metrics)) if metrics.forwarding_paused.get() > 0 => Forwarding {
+            (_, Some(live)) if live.pause_reason.is_some() => Forwarding {
                 state: "paused",
-                reason: Some(
-                    operations
-                        .as_ref()
-                        .and_then(|o| o.pause_reason.clone())
-                        .unwrap_or_else(|| {
-                            "HubSpot refused the credential (the reason is in the log)".into()
-                        }),
-                ),
+                reason: live.pause_reason.clone(),
             },
             (_, Some(_)) => Forwarding {
                 state: "running",
@@ -336,10 +328,11 @@ impl Operations {
             credential: Credential {
                 mode: self.credential_mode,
                 expires_in_seconds: live
-                    .and_then(Metrics::token_expires_at_ms)
+                    .as_ref()
+                    .and_then(|live| live.token_expires_at_ms)
                     .map(|at| ((at - now) / 1000).max(0)),
-                last_refresh: operations
-                    .and_then(|o| o.last_refresh)
+                last_refresh: live
+                    .and_then(|live| live.last_refresh)
                     .map(|(outcome, at)| Refresh {
                         outcome,
                         at: format_utc(at),

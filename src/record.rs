@@ -191,6 +191,9 @@ pub struct Delivery {
     pub received_ms: i64,
     /// Its records are still to be fetched from the platform's API.
     pub deferred: bool,
+    /// The id of the request that brought it (`x-request-id`), to find its
+    /// log lines by.
+    pub request_id: String,
 }
 
 pub fn now_ms() -> i64 {

@@ -86,7 +86,7 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let app = Application::build(Settings::init_from_hashmap(&env)?).await?;
+    let app = Application::build(Settings::init_from_hashmap(&env)?)?;
     let (public, admin, store) = (app.public_addr(), app.admin_addr(), app.store());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = actix_web::rt::spawn(app.run_until(async {

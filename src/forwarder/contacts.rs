@@ -1,9 +1,11 @@
 //! Email → HubSpot contact id, through batch reads (and batch upserts for
 //! contacts HubSpot does not have yet), remembered so each contact is looked
-//! up once per process. A read or upsert HubSpot refuses as a whole is
+//! up once per process while it stays in use. A read or upsert HubSpot refuses as a whole is
 //! narrowed down to the contacts it objects to, as `create` calls are.
 
-use std::{cell::RefCell, collections::HashMap};
+use std::{cell::RefCell, collections::HashMap, num::NonZeroUsize};
+
+use lru::LruCache;
 
 use super::{
     Fate,
@@ -13,8 +15,10 @@ use crate::hubspot::{CallError, ContactInput, HubSpotClient, named_inputs};
 
 /// HubSpot's batch limit for contact reads and upserts.
 const LOOKUP_BATCH: usize = 100;
-/// Remembered contacts; the map starts over when full, which costs look-ups only.
-const CACHE_MAX: usize = 100_000;
+/// Remembered contacts; past this the least recently used is forgotten, so
+/// the contacts of events under way stay known (each look-up spends HubSpot's
+/// rate limit).
+const CACHE_MAX: NonZeroUsize = NonZeroUsize::new(100_000).expect("not zero");
 
 /// A contact the forwarder needs an id for.
 #[derive(Clone, Copy)]
@@ -24,9 +28,14 @@ pub struct Wanted<'a> {
     pub last_name: Option<&'a str>,
 }
 
-#[derive(Default)]
 pub struct Contacts {
-    known: RefCell<HashMap<String, i64>>,
+    known: RefCell<LruCache<String, i64>>,
+}
+
+impl Default for Contacts {
+    fn default() -> Self {
+        Self::bounded(CACHE_MAX)
+    }
 }
 
 /// Per email: its contact id, or what becomes of its records.
@@ -57,9 +66,10 @@ impl Contacts {
             {
                 continue;
             }
-            match self.known.borrow().get(contact.email) {
+            let known = self.known.borrow_mut().get(contact.email).copied();
+            match known {
                 Some(id) => {
-                    resolved.insert(contact.email.to_owned(), Ok(*id));
+                    resolved.insert(contact.email.to_owned(), Ok(id));
                 }
                 None => unknown.push(*contact),
             }
@@ -142,15 +152,28 @@ impl Contacts {
 
     /// Forgets a contact id HubSpot no longer accepts (merged or deleted).
     pub fn forget(&self, id: i64) {
-        self.known.borrow_mut().retain(|_, known| *known != id);
+        let mut known = self.known.borrow_mut();
+        let emails: Vec<String> = known
+            .iter()
+            .filter(|(_, known)| **known == id)
+            .map(|(email, _)| email.clone())
+            .collect();
+        for email in emails {
+            known.pop(&email);
+        }
+    }
+
+    fn bounded(capacity: NonZeroUsize) -> Self {
+        Self {
+            known: RefCell::new(LruCache::new(capacity)),
+        }
     }
 
     fn remember(&self, found: &HashMap<String, i64>) {
         let mut known = self.known.borrow_mut();
-        if known.len() + found.len() > CACHE_MAX {
-            known.clear();
+        for (email, id) in found {
+            known.put(email.clone(), *id);
         }
-        known.extend(found.iter().map(|(email, id)| (email.clone(), *id)));
     }
 }
 
@@ -174,4 +197,50 @@ fn settle_all(resolved: &mut Resolved, contacts: &[Wanted], fate: Fate) -> Resul
         resolved.insert(contact.email.to_owned(), Err(fate.clone()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::Contacts;
+
+    fn known(contacts: &Contacts, email: &str) -> Option<i64> {
+        contacts.known.borrow_mut().get(email).copied()
+    }
+
+    #[test]
+    fn a_contact_in_use_is_remembered_past_the_bound_while_the_least_used_goes() {
+        let contacts = Contacts::bounded(NonZeroUsize::new(3).unwrap());
+        let found = |email: &str, id| [(email.to_owned(), id)].into_iter().collect();
+        contacts.remember(&found("a@example.com", 1));
+        contacts.remember(&found("b@example.com", 2));
+        contacts.remember(&found("c@example.com", 3));
+        // `a` is looked up again (an active contact), `b` is not.
+        assert_eq!(known(&contacts, "a@example.com"), Some(1));
+        contacts.remember(&found("d@example.com", 4));
+        contacts.remember(&found("e@example.com", 5));
+        assert_eq!(known(&contacts, "a@example.com"), Some(1));
+        assert_eq!(known(&contacts, "b@example.com"), None);
+        assert_eq!(known(&contacts, "c@example.com"), None);
+        assert_eq!(known(&contacts, "e@example.com"), Some(5));
+    }
+
+    #[test]
+    fn a_forgotten_id_is_forgotten_under_every_email() {
+        let contacts = Contacts::default();
+        let found = [
+            ("a@example.com", 7),
+            ("b@example.com", 7),
+            ("c@example.com", 8),
+        ]
+        .map(|(email, id)| (email.to_owned(), id))
+        .into_iter()
+        .collect();
+        contacts.remember(&found);
+        contacts.forget(7);
+        assert_eq!(known(&contacts, "a@example.com"), None);
+        assert_eq!(known(&contacts, "b@example.com"), None);
+        assert_eq!(known(&contacts, "c@example.com"), Some(8));
+    }
 }

@@ -33,6 +33,7 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     hubspot::{CallError, HubSpotClient},
     metrics::Metrics,
+    status::LiveStatus,
     store::{ClaimRequest, ClaimedBatch, CompletionClaim, Store},
 };
 use contacts::Contacts;
@@ -152,6 +153,7 @@ struct Shared {
     contacts: Contacts,
     config: Config,
     metrics: Arc<Metrics>,
+    status: Arc<LiveStatus>,
     health: Health,
     /// Marketing events created (or being created) by this process, so two
     /// groups of one unknown event create it once.
@@ -169,6 +171,7 @@ impl Forwarder {
         hubspot: HubSpotClient,
         config: Config,
         metrics: Arc<Metrics>,
+        status: Arc<LiveStatus>,
         wake: Arc<Notify>,
     ) -> Self {
         Self {
@@ -181,6 +184,7 @@ impl Forwarder {
                     ..config
                 },
                 metrics,
+                status,
                 health: Health::default(),
                 events: RefCell::default(),
                 wake,
@@ -248,7 +252,7 @@ impl Forwarder {
                         Ok(BatchEnd::Done) => {
                             if paused.take().is_some() {
                                 tracing::info!("forwarding resumed");
-                                shared.metrics.set_forwarding_paused(None);
+                                shared.status.set_forwarding_paused(None);
                             }
                         }
                         Ok(BatchEnd::Paused(reason)) => {
@@ -259,7 +263,7 @@ impl Forwarder {
                             if paused.as_ref().is_none_or(|(r, _, _)| *r != reason) {
                                 tracing::warn!(%reason, retry_in = ?backoff, "forwarding paused: records are kept");
                             }
-                            shared.metrics.set_forwarding_paused(Some(&reason));
+                            shared.status.set_forwarding_paused(Some(&reason));
                             paused = Some((reason, backoff, tokio::time::Instant::now() + backoff));
                         }
                         // A batch that panicked leaves its lease to run out: sent again later.

@@ -14,45 +14,37 @@ use actix_web::{
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
 
-use super::{AppState, Listener, error::ApiError, listed};
+use super::{AppState, Listener, error::ApiError, resource};
 use crate::{
+    auth::{self, JwtCheck},
     operations::{DeadQuery, EventQuery, ListQuery, Operations},
     settings::Secret,
-    sources::generic::jwt_problem,
 };
 
 /// The `aud` every admin token must carry.
 pub const AUDIENCE: &str = "attendance-relay-admin";
 
-pub struct AdminAuth {
-    key: DecodingKey,
-    validation: Validation,
-}
+pub struct AdminAuth(JwtCheck);
 
 impl AdminAuth {
     pub fn new(secret: &Secret) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "aud"]);
-        Self {
-            key: DecodingKey::from_secret(secret.expose().as_bytes())
+        Self(JwtCheck::new(
+            DecodingKey::from_secret(secret.expose().as_bytes())
                 .expect("settings drop empty variables"),
             validation,
-        }
+        ))
     }
 
     fn verify(&self, request: &ServiceRequest) -> Result<(), ApiError> {
         let token = request
             .headers()
             .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
+            .and_then(|value| auth::bearer(value.as_bytes()))
             .ok_or_else(|| ApiError::Unauthorized("an admin bearer token is required".into()))?;
-        jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &self.key, &self.validation)
-            .map(drop)
-            .map_err(|err| ApiError::Unauthorized(jwt_problem(err.kind(), &self.validation)))
+        self.0.verify(token).map_err(ApiError::Unauthorized)
     }
 }
 
@@ -76,9 +68,7 @@ pub fn configure(
     cfg.app_data(auth).app_data(ops);
     let mut guarded = |method: Method, path: &'static str, route: actix_web::Route| {
         cfg.service(
-            web::resource(listed(Listener::Admin, &method, path))
-                .wrap(from_fn(require_admin_token))
-                .route(route.method(method)),
+            resource(Listener::Admin, method, path, route).wrap(from_fn(require_admin_token)),
         );
     };
     guarded(Method::GET, "/admin/status", web::route().to(status));

@@ -3,7 +3,10 @@
 
 use actix_web::{
     HttpResponse, ResponseError,
-    http::{StatusCode, header::RETRY_AFTER},
+    http::{
+        Method, StatusCode,
+        header::{ALLOW, RETRY_AFTER},
+    },
 };
 use serde_json::json;
 
@@ -18,6 +21,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("no such route")]
     NotFound,
+    /// A route served for another method (named in `Allow`).
+    #[error("this route answers {0} only")]
+    MethodNotAllowed(Method),
     #[error("{0}")]
     Invalid(String),
     #[error("body exceeds the limit of {0} bytes")]
@@ -46,6 +52,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) | ApiError::NotFound => "unauthorized",
             ApiError::Invalid(_)
+            | ApiError::MethodNotAllowed(_)
             | ApiError::UnknownRecord(_)
             | ApiError::SlowBody(_)
             | ApiError::UnsupportedMediaType => "invalid",
@@ -58,6 +65,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Invalid(_) => "invalid_request",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::SlowBody(_) => "request_timeout",
@@ -94,6 +102,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound | ApiError::UnknownRecord(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
@@ -108,6 +117,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::Unavailable(cause) | ApiError::StoreFailed(cause) = self {
             tracing::error!(error = %cause, "store unavailable");
+        }
+        if let ApiError::MethodNotAllowed(allowed) = self {
+            response.insert_header((ALLOW, allowed.as_str()));
         }
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             // Platforms retry 5xx on their own schedule; others may use the hint.

@@ -5,16 +5,17 @@
 pub mod admin;
 pub(crate) mod connection;
 pub mod error;
+pub mod trace;
 mod webhooks;
 
 use std::sync::Arc;
 
 use actix_web::{
-    HttpResponse,
+    App, HttpResponse, Resource,
     body::MessageBody,
-    dev::{ServiceRequest, ServiceResponse},
+    dev::{ServiceFactory, ServiceRequest, ServiceResponse},
     http::Method,
-    middleware::Next,
+    middleware::{Next, from_fn},
     web,
 };
 use serde_json::json;
@@ -23,7 +24,8 @@ use crate::{
     metrics::Metrics,
     record::now_ms,
     sources::{eventbrite::Eventbrite, generic::Generic, zoom::Zoom},
-    store::Store,
+    status::LiveStatus,
+    store::{RecordStatus, Store},
 };
 use error::ApiError;
 pub use webhooks::Counts;
@@ -32,6 +34,7 @@ pub use webhooks::Counts;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
+    pub status: Arc<LiveStatus>,
     pub max_body_bytes: usize,
     /// Room for request bodies held in memory, in KiB (`RELAY_MAX_INFLIGHT_BYTES`).
     pub in_flight: tokio::sync::Semaphore,
@@ -97,70 +100,106 @@ pub const ROUTES: &[Route] = &[
     route(Listener::Admin, "GET", "/admin/events"),
 ];
 
-/// `path`, once it is known to be one of [`ROUTES`]: a route left out of
-/// the list (and so of the OpenAPI document) stops the start.
-fn listed(listener: Listener, method: &Method, path: &'static str) -> &'static str {
+/// The resource of one of [`ROUTES`], serving `route` for `method`; any
+/// other method answers 405 naming it. A route left out of the list (and
+/// so of the OpenAPI document) stops the start.
+fn resource(
+    listener: Listener,
+    method: Method,
+    path: &'static str,
+    route: actix_web::Route,
+) -> Resource {
     assert!(
         ROUTES
             .iter()
             .any(|r| r.listener == listener && r.method == method.as_str() && r.path == path),
         "{method} {path} is served but not listed in http::ROUTES"
     );
-    path
+    let allowed = method.clone();
+    web::resource(path)
+        .route(route.method(method))
+        .default_service(web::to(move || {
+            let allowed = allowed.clone();
+            async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allowed)) }
+        }))
 }
 
 /// The gateway's own OpenAPI document.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Routes of the public listener.
-pub fn public(cfg: &mut web::ServiceConfig, state: web::Data<AppState>, sources: Sources) {
-    let public = Listener::Public;
-    cfg.app_data(state)
-        .app_data(public)
-        .route(
-            listed(public, &Method::GET, "/healthz"),
-            web::get().to(healthz),
-        )
-        .route(
-            listed(public, &Method::GET, "/readyz"),
-            web::get().to(readyz),
-        )
-        .configure(|cfg| webhooks::configure(cfg, sources));
+/// The admin API's key and operations, when it is on.
+pub type AdminApi = (
+    web::Data<admin::AdminAuth>,
+    web::Data<crate::operations::Operations>,
+);
+
+/// What a listener serves.
+#[derive(Clone)]
+pub enum Routes {
+    /// Health and the configured sources' webhooks.
+    Public(Sources),
+    /// Metrics, this document, and the admin API only with its key.
+    Admin(Option<AdminApi>),
 }
 
-/// Routes of the admin listener; the admin API only with its key.
-pub fn admin(
-    cfg: &mut web::ServiceConfig,
-    state: web::Data<AppState>,
-    api: Option<(
-        web::Data<admin::AdminAuth>,
-        web::Data<crate::operations::Operations>,
-    )>,
-) {
-    let admin = Listener::Admin;
-    cfg.app_data(state)
-        .app_data(admin)
-        // Malformed queries answer in the same JSON shape as every other error.
-        .app_data(
-            web::QueryConfig::default()
-                .error_handler(|err, _| ApiError::Invalid(err.to_string()).into()),
-        )
-        .route(
-            listed(admin, &Method::GET, "/metrics"),
-            web::get().to(metrics),
-        )
-        .route(
-            listed(admin, &Method::GET, "/openapi.json"),
-            web::get().to(openapi),
-        );
-    if let Some((auth, ops)) = api {
-        admin::configure(cfg, auth, ops);
+impl Routes {
+    pub fn listener(&self) -> Listener {
+        match self {
+            Routes::Public(_) => Listener::Public,
+            Routes::Admin(_) => Listener::Admin,
+        }
     }
+}
+
+/// The app of one listener. Both share the state, the request span and id,
+/// the request count, the busy mark of a watched connection, and a JSON 404
+/// for anything unrouted.
+pub fn app(
+    state: web::Data<AppState>,
+    routes: Routes,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let listener = routes.listener();
+    App::new()
+        .app_data(state)
+        .app_data(listener)
+        .wrap(from_fn(count_requests))
+        .wrap(from_fn(trace::trace_requests))
+        .wrap(from_fn(connection::mark_requests))
+        .configure(|cfg| match routes {
+            Routes::Public(sources) => {
+                let get = |path, route| resource(listener, Method::GET, path, route);
+                cfg.service(get("/healthz", web::route().to(healthz)))
+                    .service(get("/readyz", web::route().to(readyz)))
+                    .configure(|cfg| webhooks::configure(cfg, sources));
+            }
+            Routes::Admin(api) => {
+                let get = |path, route| resource(listener, Method::GET, path, route);
+                // Malformed queries answer in the same JSON shape as every other error.
+                cfg.app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|err, _| ApiError::Invalid(err.to_string()).into()),
+                )
+                .service(get("/metrics", web::route().to(metrics)))
+                .service(get("/openapi.json", web::route().to(openapi)));
+                if let Some((auth, ops)) = api {
+                    admin::configure(cfg, auth, ops);
+                }
+            }
+        })
+        .default_service(web::to(not_found))
 }
 
 /// Counts every request by listener, route pattern (never the path itself,
 /// whose segments may be tokens or ids) and answered status.
-pub async fn count_requests(
+async fn count_requests(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -191,7 +230,7 @@ async fn openapi() -> HttpResponse {
 }
 
 /// JSON 404 for anything unrouted, on both listeners.
-pub async fn not_found() -> Result<HttpResponse, ApiError> {
+async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
@@ -217,11 +256,37 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    match state.store.queue_stats().await {
-        Ok(stats) => state.metrics.observe_queue(&stats, now_ms()),
-        Err(err) => tracing::warn!(error = %err, "queue statistics unavailable"),
-    }
+    observe(&state).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.encode())
+}
+
+/// Sets the gauges of state kept elsewhere (the store's queue, the live
+/// status) as of this scrape.
+async fn observe(state: &AppState) {
+    let (metrics, now) = (&state.metrics, now_ms());
+    match state.store.queue_stats().await {
+        Ok(stats) => {
+            for status in RecordStatus::ALL {
+                metrics
+                    .queue_records
+                    .with_label_values(&[status.as_str()])
+                    .set(stats.count(status));
+            }
+            let age_ms = stats
+                .oldest_pending_ms
+                .map_or(0, |oldest| (now - oldest).max(0));
+            metrics.oldest_pending_age.set(age_ms as f64 / 1000.0);
+        }
+        Err(err) => tracing::warn!(error = %err, "queue statistics unavailable"),
+    }
+    let live = state.status.snapshot();
+    metrics
+        .forwarding_paused
+        .set(i64::from(live.pause_reason.is_some()));
+    if let Some(expires_at_ms) = live.token_expires_at_ms {
+        let left_ms = (expires_at_ms - now).max(0);
+        metrics.token_expires_in.set(left_ms as f64 / 1000.0);
+    }
 }

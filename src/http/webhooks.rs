@@ -12,7 +12,7 @@ use actix_web::{
 use serde::Serialize;
 use tokio::sync::SemaphorePermit;
 
-use super::{AppState, Listener, Sources, error::ApiError, listed};
+use super::{AppState, Listener, Sources, error::ApiError, resource, trace::RequestId};
 use crate::{
     record::{Delivery, now_ms},
     sources::{Inbound, Rejection, Source, eventbrite::Eventbrite, generic::Generic, zoom::Zoom},
@@ -52,22 +52,22 @@ impl Answer {
 
 /// Routes of the configured sources; an unconfigured source's route is absent (404).
 pub fn configure(cfg: &mut web::ServiceConfig, sources: Sources) {
-    let path = |path| listed(Listener::Public, &Method::POST, path);
+    let post = |path, route| resource(Listener::Public, Method::POST, path, route);
     if let Some(zoom) = sources.zoom {
         cfg.app_data(zoom)
-            .route(path("/webhooks/zoom"), web::post().to(receive::<Zoom>));
+            .service(post("/webhooks/zoom", web::route().to(receive::<Zoom>)));
     }
     if let Some(eventbrite) = sources.eventbrite {
-        cfg.app_data(eventbrite).route(
-            path("/webhooks/eventbrite/{token}"),
-            web::post().to(receive::<Eventbrite>),
-        );
+        cfg.app_data(eventbrite).service(post(
+            "/webhooks/eventbrite/{token}",
+            web::route().to(receive::<Eventbrite>),
+        ));
     }
     if let Some(generic) = sources.generic {
-        cfg.app_data(generic).route(
-            path("/webhooks/generic"),
-            web::post().to(receive::<Generic>),
-        );
+        cfg.app_data(generic).service(post(
+            "/webhooks/generic",
+            web::route().to(receive::<Generic>),
+        ));
     }
 }
 
@@ -93,24 +93,18 @@ async fn receive<S: Source>(
         .with_label_values(&[S::NAME, outcome])
         .inc();
     timer.observe_duration();
-    // One line per delivery, under an id of its own to find it by; never its
-    // body or an email.
-    let delivery = format!("{:016x}", fastrand::u64(..));
+    // One line per delivery, found by the request's id (in its span, the
+    // answer's header and the stored delivery); never its body or an email.
     match &result {
         Ok(Answer::Counts(counts)) => tracing::info!(
             source = S::NAME,
             outcome,
-            %delivery,
             accepted = counts.accepted,
             duplicates = counts.duplicates,
             "webhook stored"
         ),
-        Ok(Answer::Reply(_)) => {
-            tracing::info!(source = S::NAME, outcome, %delivery, "webhook answered")
-        }
-        Err(err) => {
-            tracing::info!(source = S::NAME, outcome, %delivery, reason = %err, "webhook refused")
-        }
+        Ok(Answer::Reply(_)) => tracing::info!(source = S::NAME, outcome, "webhook answered"),
+        Err(err) => tracing::info!(source = S::NAME, outcome, reason = %err, "webhook refused"),
     }
     Ok(match result? {
         Answer::Reply(body) => HttpResponse::Ok().json(body),
@@ -214,6 +208,7 @@ async fn ingest<S: Source>(
         body: body.to_vec(),
         received_ms: now_ms(),
         deferred,
+        request_id: RequestId::of(request),
     };
     let outcome = state
         .store

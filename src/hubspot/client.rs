@@ -34,6 +34,13 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
 /// Largest answer read from HubSpot (a batch of 100 objects is far smaller).
 const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+/// The `status` labels exported from the start, so an alert on them has a
+/// series before the first call: every answer [`HubSpotClient::call`] tells
+/// apart, the 4xx and 5xx HubSpot documents, and `error` for none. Any other
+/// status is still counted, from its first call.
+const ANSWERS: [&str; 13] = [
+    "200", "207", "400", "401", "403", "404", "409", "429", "500", "502", "503", "504", "error",
+];
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum CallError {
@@ -115,6 +122,7 @@ impl HubSpotClient {
         metrics: Arc<Metrics>,
         store: Arc<dyn Store>,
     ) -> Self {
+        metrics.init_hubspot(&Operation::ALL.map(Operation::as_str), &ANSWERS);
         Self {
             http: outbound::client(timeout, true),
             base: base_url.trim_end_matches('/').to_owned(),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::HttpRequest;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, crypto::CryptoProvider, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, crypto::CryptoProvider};
 use serde_json::{Map, Value};
 use standardwebhooks::{
     HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP, Webhook, WebhookError,
@@ -13,6 +13,7 @@ use standardwebhooks::{
 
 use super::{Inbound, Rejection, Source};
 use crate::{
+    auth::{self, JwtCheck},
     record::{NewRecord, State, format_utc, normalize_email, parse_rfc3339_ms},
     settings::Settings,
 };
@@ -56,14 +57,8 @@ pub enum GenericConfigError {
     NoCryptoBackend,
 }
 
-/// How bearer tokens are checked.
-struct Jwt {
-    key: DecodingKey,
-    validation: Validation,
-}
-
 pub struct Generic {
-    jwt: Option<Jwt>,
+    jwt: Option<JwtCheck>,
     webhook: Option<Webhook>,
     /// externalAccountId of records that do not name one.
     external_account_id: Option<String>,
@@ -85,10 +80,7 @@ impl Generic {
             (None, Some(pem)) => Some(public_key_from_pem(pem)?),
             (None, None) => None,
         };
-        let jwt = key.map(|(key, algorithm)| Jwt {
-            key,
-            validation: validation(algorithm, settings),
-        });
+        let jwt = key.map(|(key, algorithm)| JwtCheck::new(key, validation(algorithm, settings)));
         let webhook = settings
             .generic_webhook_secret
             .as_ref()
@@ -108,15 +100,9 @@ impl Generic {
         let Some(jwt) = &self.jwt else {
             return Err("bearer tokens are not configured for this route".into());
         };
-        let token = std::str::from_utf8(authorization)
-            .ok()
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or("the Authorization header is not a Bearer token")?;
-        jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &jwt.key, &jwt.validation)
-            .map(|_| ())
-            .map_err(|err| jwt_problem(err.kind(), &jwt.validation))
+        let token =
+            auth::bearer(authorization).ok_or("the Authorization header is not a Bearer token")?;
+        jwt.verify(token)
     }
 
     fn verify_signature(&self, request: &HttpRequest, body: &[u8]) -> Result<(), String> {
@@ -198,26 +184,6 @@ fn webhook_from_secret(secret: &str) -> Result<Webhook, GenericConfigError> {
         return invalid("no key follows whsec_");
     }
     Webhook::new(encoded).or_else(|_| invalid("what follows whsec_ is not base64"))
-}
-
-/// What is wrong with a refused token, in words that never repeat the token.
-pub(crate) fn jwt_problem(kind: &ErrorKind, validation: &Validation) -> String {
-    let algorithm = validation.algorithms[0];
-    match kind {
-        ErrorKind::ExpiredSignature => "bearer token has expired".into(),
-        ErrorKind::ImmatureSignature => "bearer token is not valid yet (nbf)".into(),
-        ErrorKind::InvalidSignature => "bearer token signature does not match".into(),
-        ErrorKind::InvalidAudience => "bearer token is for another audience (aud)".into(),
-        ErrorKind::InvalidIssuer => "bearer token is from another issuer (iss)".into(),
-        ErrorKind::MissingRequiredClaim(claim) => {
-            format!("bearer token lacks the required {claim} claim")
-        }
-        ErrorKind::InvalidClaimFormat(claim) => {
-            format!("bearer token has a malformed {claim} claim")
-        }
-        ErrorKind::InvalidAlgorithm => format!("bearer token is not signed with {algorithm:?}"),
-        _ => format!("bearer token is malformed or not signed with {algorithm:?}"),
-    }
 }
 
 fn signature_problem(err: &WebhookError) -> String {

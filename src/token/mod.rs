@@ -14,6 +14,7 @@ pub use oauth::OAuth;
 use crate::{
     metrics::Metrics,
     settings::{Secret, Settings},
+    status::LiveStatus,
     store::Store,
 };
 
@@ -78,6 +79,7 @@ pub fn from_settings(
     settings: &Settings,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    status: Arc<LiveStatus>,
 ) -> Result<Rc<dyn TokenSource>, CredentialConfigError> {
     let client_id = settings.hubspot_client_id.as_deref();
     let secret = settings.hubspot_client_secret.as_ref();
@@ -95,6 +97,7 @@ pub fn from_settings(
             &settings.token_url(),
             store,
             metrics,
+            status,
         ))),
         _ => Err(CredentialConfigError(
             "HUBSPOT_CLIENT_ID, HUBSPOT_CLIENT_SECRET and HUBSPOT_REFRESH_TOKEN go together",

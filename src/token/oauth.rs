@@ -22,6 +22,7 @@ use crate::{
     outbound,
     record::now_ms,
     settings::Secret,
+    status::LiveStatus,
     store::{Store, StoredCredential},
 };
 
@@ -45,6 +46,7 @@ pub struct OAuth {
     http: awc::Client,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    status: Arc<LiveStatus>,
     held: RefCell<Option<Held>>,
     /// The last refresh failed: its error, until when it stands.
     failure: RefCell<Option<Failure>>,
@@ -98,6 +100,7 @@ impl OAuth {
         token_url: &str,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        status: Arc<LiveStatus>,
     ) -> Self {
         Self {
             client_id: client_id.to_owned(),
@@ -109,6 +112,7 @@ impl OAuth {
             http: outbound::client(TOKEN_TIMEOUT, false),
             store,
             metrics,
+            status,
             held: RefCell::new(None),
             failure: RefCell::new(None),
             refreshing: tokio::sync::Mutex::new(()),
@@ -145,7 +149,7 @@ impl OAuth {
                     .as_ref()
                     .is_none_or(|held| stored.expires_at_ms > held.expires_at_ms());
                 if newer {
-                    self.metrics.set_token_expiry(stored.expires_at_ms);
+                    self.status.set_token_expiry(stored.expires_at_ms);
                     *self.held.borrow_mut() = Some(Held::new(stored));
                 }
             }
@@ -254,7 +258,11 @@ impl OAuth {
             Err(CredentialError::Refused(_)) => "refused",
             Err(_) => "error",
         };
-        self.metrics.record_token_refresh(label);
+        self.metrics
+            .token_refreshes
+            .with_label_values(&[label])
+            .inc();
+        self.status.record_token_refresh(label);
         let answer = outcome?;
 
         let credential = StoredCredential {
@@ -265,7 +273,7 @@ impl OAuth {
             refreshed_ms: now_ms(),
         };
         let token = credential.access_token.clone();
-        self.metrics.set_token_expiry(credential.expires_at_ms);
+        self.status.set_token_expiry(credential.expires_at_ms);
         tracing::info!(
             expires_in_secs = answer.expires_in,
             "refreshed the HubSpot access token"
@@ -313,7 +321,7 @@ impl TokenSource for OAuth {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "demo"))]
 mod tests {
     use futures_util::future::join_all;
 
@@ -346,6 +354,7 @@ mod tests {
             &format!("{}/oauth/2026-03/token", endpoint.url()),
             crate::store::open(&db).unwrap(),
             Arc::new(Metrics::new()),
+            Arc::default(),
         )
     }
 

@@ -588,7 +588,7 @@ async fn unusable_keys_stop_the_start_with_a_clear_error() {
     for (overrides, named) in cases {
         let dir = crate::helpers::StoreDir::new();
         let settings = Settings::init_from_hashmap(&test_env(&dir, &overrides)).unwrap();
-        match Application::build(settings).await {
+        match Application::build(settings) {
             Ok(_) => panic!("{named}: started with an unusable key"),
             Err(err) => assert!(err.to_string().contains(named), "{err}"),
         }

@@ -107,7 +107,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
 /// An instance on the store in `dir` (a restart, or a second replica).
 pub async fn spawn_app_in(dir: Arc<StoreDir>, overrides: &[(&str, &str)]) -> TestApp {
     let settings = Settings::init_from_hashmap(&test_env(&dir, overrides)).expect("valid settings");
-    let app = Application::build(settings).await.expect("app starts");
+    let app = Application::build(settings).expect("app starts");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let test_app = TestApp {
         public: format!("http://{}", app.public_addr()),

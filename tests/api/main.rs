@@ -15,6 +15,7 @@ mod forwarding;
 mod generic;
 mod helpers;
 mod hostile;
+mod layers;
 mod oauth;
 mod openapi;
 mod operations;

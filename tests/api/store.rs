@@ -40,6 +40,7 @@ fn delivery(body: &str) -> Delivery {
         body: body.as_bytes().to_vec(),
         received_ms: now_ms(),
         deferred: false,
+        request_id: "store-suite".into(),
     }
 }
 

@@ -89,6 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             body: Vec::new(),
             received_ms: now_ms(),
             deferred: false,
+            request_id: String::new(),
         };
         store.ingest(delivery, batch.collect()).await?;
     }
