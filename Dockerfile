@@ -10,16 +10,16 @@ WORKDIR /src
 # Dependency layer: the manifest and lock with stub sources, so a change in
 # src/ rebuilds only the crate itself.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src demo \
+RUN mkdir -p src samples \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && echo '[]' > demo/zoom-webhooks.json \
+ && echo '[]' > samples/zoom-webhooks.json \
  && cargo build --release --locked \
- && rm -rf src demo
+ && rm -rf src samples
 
 # The crate: the same command and features CI builds with (no extra features).
 COPY src ./src
-COPY demo ./demo
+COPY samples ./samples
 # COPY keeps the sources' older mtimes; touch them so cargo rebuilds the crate
 # over the stub.
 RUN touch src/main.rs src/lib.rs \

@@ -7,6 +7,7 @@ use std::{collections::HashMap, rc::Rc, sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::{
     metrics::Metrics,
@@ -92,7 +93,12 @@ impl Fetcher {
             });
             groups[slot].push(delivery);
         }
-        let fetched = join_all(groups.iter().map(|group| self.fetch(&group[0]))).await;
+        let fetched = join_all(groups.iter().map(|group| {
+            let first = &group[0];
+            let span = tracing::info_span!("fetch", delivery = first.id, lease = %first.lease, source = %first.source);
+            self.fetch(first).instrument(span)
+        }))
+        .await;
 
         let mut stored_records = false;
         for (group, result) in groups.into_iter().zip(fetched) {
@@ -110,6 +116,7 @@ impl Fetcher {
                 {
                     tracing::warn!(delivery = delivery.id, source = %delivery.source, %reason, "fetch gave up");
                 }
+                tracing::info!(delivery = delivery.id, outcome = label, "fetch settled");
                 let stored = self.store.settle_delivery(&delivery, outcome).await?;
                 stored_records |= stored.accepted() > 0;
             }

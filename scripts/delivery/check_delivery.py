@@ -523,7 +523,7 @@ def dockerfile():
     check(len(copies) == 2 and all("--from=build" in c for c in copies), "the runtime stage copies only the binary and its data folder")
     ignore = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
     check(ignore[0] == "*", ".dockerignore excludes everything by default")
-    for needed in ("!Cargo.toml", "!Cargo.lock", "!src/", "!demo/"):
+    for needed in ("!Cargo.toml", "!Cargo.lock", "!src/", "!samples/"):
         check(needed in ignore, f".dockerignore lets {needed[1:]} in")
     # The crate embeds files with include_str!: each must be inside the build context.
     for source in (ROOT / "src").rglob("*.rs"):

@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// The sample deliveries, in the order Zoom would send them.
-const SAMPLES: &str = include_str!("../../demo/zoom-webhooks.json");
+const SAMPLES: &str = include_str!("../../samples/zoom-webhooks.json");
 const ZOOM_SECRET: &str = "demo-zoom-secret-token";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -35,9 +35,25 @@ impl BatchDelay {
     }
 }
 
+/// The span a batch runs in, naming its group and lease on every line it
+/// logs (its calls to HubSpot, its settlement); an event's completion
+/// travels as a batch of its own.
+pub(super) fn span(batch: &ClaimedBatch) -> tracing::Span {
+    let group = &batch.group;
+    let (account, event) = (&group.external_account_id, &group.external_event_id);
+    if group.state == State::Complete {
+        tracing::info_span!("completion", %account, %event, lease = %batch.lease)
+    } else {
+        let state = group.state.as_str();
+        tracing::info_span!("batch", %account, %event, state, lease = %batch.lease)
+    }
+}
+
 impl Shared {
     /// Sends the batch (renewing its lease while that takes) and settles it.
     pub(super) async fn forward(&self, batch: ClaimedBatch) -> BatchEnd {
+        let records: Vec<i64> = batch.records.iter().map(|r| r.id).collect();
+        tracing::info!(?records, "batch claimed");
         let lease = batch.lease.clone();
         let sending = self.send(batch);
         tokio::pin!(sending);
@@ -383,6 +399,18 @@ impl Shared {
             outcomes.push((stored.id, settlement));
         }
         let expected = outcomes.len();
+        // Record ids, each found by `grep`.
+        let of = |wanted: fn(&Settlement) -> bool| -> Vec<i64> {
+            let chosen = outcomes.iter().filter(|(_, settlement)| wanted(settlement));
+            chosen.map(|(id, _)| *id).collect()
+        };
+        tracing::info!(
+            delivered = ?of(|s| matches!(s, Settlement::Delivered)),
+            dead = ?of(|s| matches!(s, Settlement::Dead { .. })),
+            retried = ?of(|s| matches!(s, Settlement::Retry { .. })),
+            released = ?of(|s| matches!(s, Settlement::Release)),
+            "batch settled"
+        );
         match self.store.settle(lease, outcomes).await {
             Ok(changed) if changed == expected => {}
             Ok(changed) => tracing::warn!(

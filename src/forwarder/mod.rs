@@ -29,6 +29,7 @@ use std::{
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use tokio::{sync::Notify, time::Instant};
+use tracing::Instrument;
 
 use crate::{
     hubspot::{CallError, HubSpotClient},
@@ -226,9 +227,10 @@ impl Forwarder {
                         let taken = batches.len();
                         for batch in batches {
                             let shared = Rc::clone(&shared);
-                            in_flight.push(actix_web::rt::spawn(async move {
-                                shared.forward(batch).await
-                            }));
+                            let span = batch::span(&batch);
+                            in_flight.push(actix_web::rt::spawn(
+                                async move { shared.forward(batch).await }.instrument(span),
+                            ));
                         }
                         wait = claimed.next_ready_in.unwrap_or(IDLE_POLL).min(IDLE_POLL);
                         if taken > 0 && taken < room && wait.is_zero() {

@@ -5,7 +5,7 @@
 
 use actix_web::{
     HttpResponse,
-    body::MessageBody,
+    body::{EitherBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
     http::{Method, header::AUTHORIZATION},
     middleware::{Next, from_fn},
@@ -48,15 +48,19 @@ impl AdminAuth {
     }
 }
 
+/// A refusal is answered here (not passed up as an error), so the request
+/// middleware around it sees an answer and gives it the request's id.
 async fn require_admin_token(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let auth = request
         .app_data::<web::Data<AdminAuth>>()
         .expect("admin routes are configured with their key");
-    auth.verify(&request)?;
-    next.call(request).await
+    match auth.verify(&request) {
+        Ok(()) => Ok(next.call(request).await?.map_into_left_body()),
+        Err(refused) => Ok(request.error_response(refused).map_into_right_body()),
+    }
 }
 
 /// The admin routes, when the admin API is on.

@@ -5,7 +5,7 @@
 
 use actix_web::{
     HttpMessage, HttpRequest,
-    body::{EitherBody, MessageBody},
+    body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
     http::header::{HeaderName, HeaderValue},
     middleware::Next,
@@ -42,7 +42,7 @@ fn sane(value: &HeaderValue) -> Option<String> {
 pub async fn trace_requests(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = request
         .headers()
         .get(REQUEST_ID)
@@ -55,13 +55,9 @@ pub async fn trace_requests(
         route = request.match_pattern().as_deref().unwrap_or("unmatched"),
     );
     request.extensions_mut().insert(RequestId(id.clone()));
-    let http_request = request.request().clone();
-    // A middleware's refusal (a missing admin token) becomes its answer
-    // here, so it carries the id too.
-    let mut response = match next.call(request).instrument(span).await {
-        Ok(response) => response.map_into_left_body(),
-        Err(err) => ServiceResponse::from_err(err, http_request).map_into_right_body(),
-    };
+    // Handlers' and the admin check's errors arrive as answers, which carry
+    // the id; an `Err` has no answer yet to carry it.
+    let mut response = next.call(request).instrument(span).await?;
     let value = HeaderValue::from_str(&id).expect("ids are visible ASCII");
     response.headers_mut().insert(REQUEST_ID, value);
     Ok(response)

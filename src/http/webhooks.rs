@@ -93,18 +93,24 @@ async fn receive<S: Source>(
         .with_label_values(&[S::NAME, outcome])
         .inc();
     timer.observe_duration();
-    // One line per delivery, found by the request's id (in its span, the
-    // answer's header and the stored delivery); never its body or an email.
+    // One line per delivery under the request's id, which the answer's
+    // header and the stored delivery carry too; never its body or an email.
+    let request_id = RequestId::of(&request);
     match &result {
         Ok(Answer::Counts(counts)) => tracing::info!(
             source = S::NAME,
             outcome,
+            request_id,
             accepted = counts.accepted,
             duplicates = counts.duplicates,
             "webhook stored"
         ),
-        Ok(Answer::Reply(_)) => tracing::info!(source = S::NAME, outcome, "webhook answered"),
-        Err(err) => tracing::info!(source = S::NAME, outcome, reason = %err, "webhook refused"),
+        Ok(Answer::Reply(_)) => {
+            tracing::info!(source = S::NAME, outcome, request_id, "webhook answered")
+        }
+        Err(err) => {
+            tracing::info!(source = S::NAME, outcome, request_id, reason = %err, "webhook refused")
+        }
     }
     Ok(match result? {
         Answer::Reply(body) => HttpResponse::Ok().json(body),

@@ -17,6 +17,7 @@ mod helpers;
 mod hostile;
 mod layers;
 mod oauth;
+mod observability;
 mod openapi;
 mod operations;
 mod pg;

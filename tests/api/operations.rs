@@ -336,13 +336,13 @@ async fn json_logs_carry_one_line_per_delivery_with_its_source_outcome_and_id_an
         .collect();
     let deliveries: Vec<&serde_json::Value> = lines
         .iter()
-        .filter(|line| line["source"] == "zoom" && line["delivery"].is_string())
+        .filter(|line| line["source"] == "zoom" && line["request_id"].is_string())
         .collect();
     let outcomes: Vec<&str> = deliveries
         .iter()
         .map(|line| line["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["accepted", "unauthorized"], "{text}");
-    assert_ne!(deliveries[0]["delivery"], deliveries[1]["delivery"]);
+    assert_ne!(deliveries[0]["request_id"], deliveries[1]["request_id"]);
     assert!(!text.contains("jill"), "an email at info level:\n{text}");
 }
