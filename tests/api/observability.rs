@@ -50,7 +50,10 @@ async fn every_answer_carries_a_request_id_and_a_sane_incoming_one_is_kept() {
     let (public, client) = (app.public.as_str(), &app.client);
     let first = request_id(client, public, None, "a@example.com").await;
     let second = request_id(client, public, None, "b@example.com").await;
-    assert!(fresh(&first) && fresh(&second) && first != second, "{first} {second}");
+    assert!(
+        fresh(&first) && fresh(&second) && first != second,
+        "{first} {second}"
+    );
     let kept = request_id(client, public, Some("ingress-7f3a:1"), "c@example.com").await;
     assert_eq!(kept, "ingress-7f3a:1");
     for insane in ["two words", &"x".repeat(65), "quote\"brace}"] {
@@ -74,7 +77,9 @@ async fn every_hubspot_call_series_is_exported_at_zero_before_the_first_call() {
     let app = spawn_app().await;
     let text = app.metrics().await;
     for operation in Operation::ALL {
-        for status in ["200", "207", "400", "401", "403", "404", "429", "500", "503", "error"] {
+        for status in [
+            "200", "207", "400", "401", "403", "404", "429", "500", "503", "error",
+        ] {
             let labels = [("operation", operation.as_str()), ("status", status)];
             assert_eq!(
                 metric(&text, "relay_hubspot_requests_total", &labels),

@@ -22,7 +22,8 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
 }
 
 /// The subset of JSON Schema the document uses: types (with null),
-/// required and declared properties, maps, arrays, oneOf, enums.
+/// required and declared properties, maps, arrays, oneOf, enums, bounds
+/// and patterns.
 fn conforms(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
     let schema = resolve(doc, schema);
     if let Some(choices) = schema["oneOf"].as_array() {
@@ -57,6 +58,18 @@ fn conforms(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
         && !allowed.contains(value)
     {
         return Err(format!("{value} is not one of {allowed:?}"));
+    }
+    if let Some(number) = value.as_i64() {
+        let below = schema["minimum"].as_i64().is_some_and(|min| number < min);
+        let above = schema["maximum"].as_i64().is_some_and(|max| number > max);
+        if below || above {
+            return Err(format!("{value} is out of the bounds of {schema}"));
+        }
+    }
+    if let (Some(text), Some(pattern)) = (value.as_str(), schema["pattern"].as_str())
+        && !regex_lite::Regex::new(pattern).unwrap().is_match(text)
+    {
+        return Err(format!("{value} does not match {pattern}"));
     }
     match value {
         Value::Object(fields) => {
@@ -218,10 +231,74 @@ async fn every_answer_of_every_route_is_documented_with_its_status_and_shape() {
     }
 }
 
+/// A path value as a client that follows the document sends it: an
+/// integer when it reads as one, else a string.
+fn path_value(text: &str) -> Value {
+    match text.parse::<i64>() {
+        Ok(number) if number.to_string() == text => Value::from(number),
+        _ => Value::from(text),
+    }
+}
+
+#[actix_web::test]
+async fn the_declared_shape_of_a_retried_id_is_what_the_route_accepts() {
+    let app = configured_app().await;
+    let doc = document(&app).await;
+    let operation = &doc["paths"]["/admin/records/{id}/retry"]["post"];
+    let id = operation["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "id")
+        .expect("{id} is declared");
+    let schema = &id["schema"];
+    let probes = [
+        "1",
+        "42",
+        "9223372036854775807",
+        "d1",
+        "d42",
+        "0",
+        "-1",
+        "d0",
+        "d",
+        "dd1",
+        "x",
+        "1.5",
+        "d-1",
+        "D1",
+        "9223372036854775808",
+    ];
+    for probe in probes {
+        let (status, body) = app
+            .call(
+                "POST",
+                &format!("{}/admin/records/{probe}/retry", app.admin),
+                Some(&admin_token()),
+            )
+            .await;
+        let declared = conforms(&doc, schema, &path_value(probe));
+        assert_eq!(
+            declared.is_ok(),
+            status != StatusCode::BAD_REQUEST,
+            "{probe}: {declared:?}, answered {status} {body}"
+        );
+        // Declared ids name nothing here: the answer is the documented 404.
+        if declared.is_ok() {
+            assert_eq!(status, StatusCode::NOT_FOUND, "{probe}: {body}");
+        }
+    }
+}
+
 #[actix_web::test]
 async fn methods_and_paths_the_document_does_not_name_are_not_served() {
     let app = configured_app().await;
     let doc = document(&app).await;
+    let refusal = &doc["components"]["responses"]["MethodNotAllowed"];
+    assert!(refusal["headers"]["Allow"].is_object(), "{refusal}");
+    let schema = refusal
+        .pointer("/content/application~1json/schema")
+        .expect("a 405's shape is documented");
     for (path, item) in doc["paths"].as_object().unwrap() {
         let url = format!(
             "{}{}",
@@ -229,15 +306,38 @@ async fn methods_and_paths_the_document_does_not_name_are_not_served() {
             path.replace("{token}", EVENTBRITE_TOKEN)
                 .replace("{id}", "1")
         );
+        let served: Vec<String> = ["get", "post", "put", "patch", "delete"]
+            .into_iter()
+            .filter(|method| item[*method].is_object())
+            .map(str::to_uppercase)
+            .collect();
         for method in ["GET", "POST", "PUT", "DELETE"] {
-            if item[method.to_lowercase()].is_object() {
+            if served.iter().any(|m| m == method) {
                 continue;
             }
-            let (status, _) = app.call(method, &url, Some(&admin_token())).await;
-            assert!(
-                matches!(status.as_u16(), 404 | 405),
-                "{method} {path} answered {status}"
+            let mut response = app
+                .client
+                .request(
+                    actix_web::http::Method::from_bytes(method.as_bytes()).unwrap(),
+                    &url,
+                )
+                .insert_header(("authorization", format!("Bearer {}", admin_token())))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
             );
+            let allow = response
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(allow, Some(served.join(", ")), "{method} {path}");
+            let body: Value = serde_json::from_slice(&response.body().await.unwrap()).unwrap();
+            conforms(&doc, schema, &body).unwrap_or_else(|why| panic!("{method} {path}: {why}"));
+            assert_eq!(body["error"], "method_not_allowed");
         }
     }
     for (listener, path) in [
