@@ -17,7 +17,7 @@ use crate::{
     record::{State, format_utc, now_ms},
     settings::Settings,
     sources::zoom::Zoom,
-    store::RecordStatus,
+    store::{RecordStatus, Store},
 };
 
 /// The sample deliveries, in the order Zoom would send them.
@@ -68,6 +68,28 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
     })
     .await?;
     hubspot.add_contact("ada@example.com");
+    let app = Application::build(settings(dir, &hubspot)?)?;
+    let (public, admin, store) = (app.public_addr(), app.admin_addr(), app.store());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = actix_web::rt::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let client = awc::Client::default();
+    deliver_samples(&client, public).await?;
+    settled(store.as_ref()).await?;
+    show_calls(&hubspot);
+    show_attendance(&hubspot, store.as_ref()).await?;
+    show_metrics(&client, admin).await?;
+
+    let _ = stop.send(());
+    server.await??;
+    hubspot.stop().await;
+    Ok(())
+}
+
+/// The gateway on a store in `dir`, forwarding to `hubspot`.
+fn settings(dir: &std::path::Path, hubspot: &Simulator) -> Result<Settings, Box<dyn Error>> {
     let env: HashMap<String, String> = [
         ("RELAY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("RELAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
@@ -86,15 +108,15 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let app = Application::build(Settings::init_from_hashmap(&env)?)?;
-    let (public, admin, store) = (app.public_addr(), app.admin_addr(), app.store());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = actix_web::rt::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    Ok(Settings::init_from_hashmap(&env)?)
+}
 
+/// 1. The samples, signed and posted as Zoom would.
+async fn deliver_samples(
+    client: &awc::Client,
+    public: std::net::SocketAddr,
+) -> Result<(), Box<dyn Error>> {
     let zoom = Zoom::new(ZOOM_SECRET.parse()?, 300, None);
-    let client = awc::Client::default();
     let samples: Vec<Sample> = serde_json::from_str(SAMPLES)?;
     println!(
         "1. Zoom delivers {} webhooks to http://{public}/webhooks/zoom",
@@ -102,23 +124,30 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
     );
     for sample in &samples {
         let body = serde_json::to_vec(&sample.body)?;
-        let (status, answer) = post_as_zoom(&client, &zoom, public, body).await?;
+        let (status, answer) = post_as_zoom(client, &zoom, public, body).await?;
         println!(
             "   {:<44} {status} {}",
             sample.what,
             String::from_utf8_lossy(&answer)
         );
     }
+    Ok(())
+}
 
+/// Waits until no record is pending any more.
+async fn settled(store: &dyn Store) -> Result<(), Box<dyn Error>> {
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-    // Settled when no record is pending any more.
     while store.queue_stats().await?.oldest_pending_ms.is_some() {
         if std::time::Instant::now() > deadline {
             return Err("records were still pending after 30 s".into());
         }
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
 
+/// 2. Every call HubSpot received.
+fn show_calls(hubspot: &Simulator) {
     println!(
         "\n2. HubSpot (the simulator at {}) was called:",
         hubspot.url()
@@ -129,7 +158,11 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
             .map_or_else(String::new, |inputs| format!("  ({} inputs)", inputs.len()));
         println!("   {} POST {}{inputs}", call.status, call.path);
     }
+}
 
+/// 3. The attendance HubSpot recorded, what was kept back, and the
+/// completed event.
+async fn show_attendance(hubspot: &Simulator, store: &dyn Store) -> Result<(), Box<dyn Error>> {
     let records = store.records(None, 1000).await?;
     let email_of: HashMap<i64, &str> = records
         .iter()
@@ -180,7 +213,14 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
             event.completions,
         );
     }
+    Ok(())
+}
 
+/// 4. The metrics that are not zero.
+async fn show_metrics(
+    client: &awc::Client,
+    admin: std::net::SocketAddr,
+) -> Result<(), Box<dyn Error>> {
     println!("\n4. Metrics that moved (http://{admin}/metrics):");
     let mut response = client.get(format!("http://{admin}/metrics")).send().await?;
     let metrics = response.body().limit(1 << 22).await?;
@@ -192,9 +232,5 @@ async fn demo(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
             println!("   {line}");
         }
     }
-
-    let _ = stop.send(());
-    server.await??;
-    hubspot.stop().await;
     Ok(())
 }
