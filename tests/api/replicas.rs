@@ -164,7 +164,9 @@ async fn replicas_refresh_the_credential_once_for_the_deployment_at_start_and_ne
     );
     // The token nears its expiry: every replica needs a new one, whenever
     // it took the stored one up.
-    actix_web::rt::time::sleep(Duration::from_secs(5)).await;
+    for replica in &replicas {
+        crate::oauth::wait_until_stale(replica, 4.0).await;
+    }
     round(1).await;
     assert_eq!(
         hubspot.token_requests().len(),
