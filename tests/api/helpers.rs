@@ -320,42 +320,32 @@ fn zoom_participant(event: &str, webinar: &str, email: &str, time: (&str, &str))
         "email": email
     });
     participant[time.0] = time.1.into();
-    json!({
-        "event": event,
-        "event_ts": 1_767_261_600_000_i64,
-        "payload": {
-            "account_id": "zoom-account-1",
-            "object": {
-                "id": webinar, "uuid": "4444AAAiAAAAAiAiAiiAii==", "host_id": "x1yCzABCDEfg23HiJKl4mN",
-                "topic": "Launch webinar", "type": 5, "start_time": "2026-01-01T10:00:00Z",
-                "duration": 60, "timezone": "UTC",
-                "participant": participant
-            }
-        }
-    })
-    .to_string()
-    .into_bytes()
+    zoom_event(event, webinar.into(), ("participant", participant))
 }
 
 /// A signed-ready registration body (`webinar.registration_created`,
 /// `…_approved`, …) shaped as Zoom's own examples are: the same registrant
 /// of `webinar` whatever the event.
 pub fn zoom_registration(event: &str, webinar: i64, email: &str) -> Vec<u8> {
+    let registrant = json!({
+        "id": "iFxeBPYun6SAiWUzBcEkX", "first_name": "Jill", "last_name": "Chill",
+        "email": email, "status": "approved", "join_url": "https://example.com"
+    });
+    zoom_event(event, webinar.into(), ("registrant", registrant))
+}
+
+/// `event` of webinar `id` about `person` (a participant or a registrant).
+fn zoom_event(event: &str, id: Value, person: (&str, Value)) -> Vec<u8> {
+    let mut object = json!({
+        "id": id, "uuid": "4444AAAiAAAAAiAiAiiAii==", "host_id": "x1yCzABCDEfg23HiJKl4mN",
+        "topic": "Launch webinar", "type": 5, "start_time": "2026-01-01T10:00:00Z",
+        "duration": 60, "timezone": "UTC"
+    });
+    object[person.0] = person.1;
     json!({
         "event": event,
         "event_ts": 1_767_261_600_000_i64,
-        "payload": {
-            "account_id": "zoom-account-1",
-            "object": {
-                "uuid": "4444AAAiAAAAAiAiAiiAii==", "id": webinar, "host_id": "x1yCzABCDEfg23HiJKl4mN",
-                "topic": "Launch webinar", "type": 5, "start_time": "2026-01-01T10:00:00Z",
-                "duration": 60, "timezone": "UTC",
-                "registrant": {
-                    "id": "iFxeBPYun6SAiWUzBcEkX", "first_name": "Jill", "last_name": "Chill",
-                    "email": email, "status": "approved", "join_url": "https://example.com"
-                }
-            }
-        }
+        "payload": {"account_id": "zoom-account-1", "object": object}
     })
     .to_string()
     .into_bytes()
