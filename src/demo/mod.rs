@@ -111,7 +111,7 @@ fn settings(dir: &std::path::Path, hubspot: &Simulator) -> Result<Settings, Box<
     Ok(Settings::init_from_hashmap(&env)?)
 }
 
-/// 1. The samples, signed and posted as Zoom would.
+/// Step 1: the samples, signed and posted as Zoom would.
 async fn deliver_samples(
     client: &awc::Client,
     public: std::net::SocketAddr,
@@ -146,7 +146,7 @@ async fn settled(store: &dyn Store) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// 2. Every call HubSpot received.
+/// Step 2: every call HubSpot received.
 fn show_calls(hubspot: &Simulator) {
     println!(
         "\n2. HubSpot (the simulator at {}) was called:",
@@ -160,7 +160,7 @@ fn show_calls(hubspot: &Simulator) {
     }
 }
 
-/// 3. The attendance HubSpot recorded, what was kept back, and the
+/// Step 3: the attendance HubSpot recorded, what was kept back, and the
 /// completed event.
 async fn show_attendance(hubspot: &Simulator, store: &dyn Store) -> Result<(), Box<dyn Error>> {
     let records = store.records(None, 1000).await?;
@@ -216,7 +216,7 @@ async fn show_attendance(hubspot: &Simulator, store: &dyn Store) -> Result<(), B
     Ok(())
 }
 
-/// 4. The metrics that are not zero.
+/// Step 4: the metrics that are not zero.
 async fn show_metrics(
     client: &awc::Client,
     admin: std::net::SocketAddr,
