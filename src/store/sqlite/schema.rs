@@ -160,9 +160,11 @@ DROP TABLE records_v2;
 DROP TABLE deliveries_v2;
 "#;
 
+/// Brings a database of the version before it to the next.
+type Step = fn(&Connection) -> Result<(), StoreError>;
+
 /// The upgrades from every earlier release, in order: the version each
 /// reaches, and how. No release had version 1.
-type Step = fn(&Connection) -> Result<(), StoreError>;
 const STEPS: [(i64, Step); 4] = [
     (2, |tx| run(tx, FIRST_TO_SECOND)),
     (3, |tx| {
