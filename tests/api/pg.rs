@@ -35,12 +35,15 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// Panics when no server answers: a test that needs PostgreSQL fails
-    /// without it.
+    /// Fails the test when no server answers: a test that needs PostgreSQL
+    /// is `#[ignore]`d by default and runs with `--include-ignored`.
     pub fn create() -> Self {
         let name = format!("relay_test_{}_{:x}", std::process::id(), fastrand::u64(..));
         if let Err(err) = on_server(server_url(), format!("CREATE DATABASE {name}")) {
-            panic!("PostgreSQL is not reachable at {}: {err}", server_url());
+            panic!(
+                "PostgreSQL is needed at {} (RELAY_TEST_POSTGRES_URL): {err}",
+                server_url()
+            );
         }
         let url = match server_url().rsplit_once('/') {
             Some((server, _)) => format!("{server}/{name}"),

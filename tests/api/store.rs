@@ -51,7 +51,7 @@ macro_rules! store_test {
             }
 
             #[actix_web::test]
-            #[ignore = "needs PostgreSQL (RELAY_TEST_POSTGRES_URL or 127.0.0.1:5432)"]
+            #[ignore = "needs PostgreSQL (RELAY_TEST_POSTGRES_URL or 127.0.0.1:5432): --include-ignored"]
             async fn on_postgres() {
                 let database = crate::pg::TestDatabase::create();
                 let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&database.url).unwrap());
@@ -982,7 +982,7 @@ store_test!(concurrent_deliveries_dedupe_and_fail_alone, per backend);
 /// A PostgreSQL database of the previous schema (version 2) gains request
 /// ids in place and keeps its records.
 #[actix_web::test]
-#[ignore = "needs PostgreSQL (RELAY_TEST_POSTGRES_URL or 127.0.0.1:5432)"]
+#[ignore = "needs PostgreSQL (RELAY_TEST_POSTGRES_URL or 127.0.0.1:5432): --include-ignored"]
 async fn a_previous_release_postgres_database_is_upgraded_in_place() {
     let database = crate::pg::TestDatabase::create();
     let open = || -> Arc<dyn Store> { Arc::new(PostgresStore::open(&database.url).unwrap()) };
