@@ -197,7 +197,7 @@ impl Application {
             Arc::clone(&forwarder_wake),
         )?;
         let fetcher = Fetcher::new(
-            Arc::clone(&store),
+            store.clone(),
             platforms,
             Duration::from_secs(settings.max_record_age_secs),
             Arc::clone(&metrics),
@@ -350,7 +350,7 @@ fn forwarder_from(
 ) -> Result<Forwarder, CredentialConfigError> {
     let token = token::from_settings(
         settings,
-        Arc::clone(store),
+        store.clone(),
         Arc::clone(metrics),
         Arc::clone(status),
     )?;
@@ -360,7 +360,7 @@ fn forwarder_from(
         settings.hubspot_rate_limit_per_10s.get(),
         Duration::from_millis(settings.hubspot_request_timeout_ms),
         Arc::clone(metrics),
-        Arc::clone(store),
+        store.clone(),
     );
     let config = forwarder::Config {
         batch_size: settings.hubspot_batch_size.get(),
@@ -371,7 +371,7 @@ fn forwarder_from(
         complete_delay: Duration::from_secs(settings.complete_delay_secs),
     };
     Ok(Forwarder::new(
-        Arc::clone(store),
+        store.clone(),
         hubspot,
         config,
         Arc::clone(metrics),

@@ -14,7 +14,7 @@ use crate::{
     record::now_ms,
     retry,
     sources::{Fetch, FetchError, Fetched},
-    store::{DeferredDelivery, FetchOutcome, Store, StoreError},
+    store::{DeferredDelivery, Deliveries, FetchOutcome, StoreError},
 };
 
 /// Deliveries one round takes.
@@ -26,7 +26,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Fetcher {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Deliveries>,
     platforms: Vec<Rc<dyn Fetch>>,
     max_age: Duration,
     metrics: Arc<Metrics>,
@@ -36,7 +36,7 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Deliveries>,
         platforms: Vec<Rc<dyn Fetch>>,
         max_age: Duration,
         metrics: Arc<Metrics>,

@@ -191,8 +191,9 @@ pub struct Delivery {
     pub received_ms: i64,
     /// Its records are still to be fetched from the platform's API.
     pub deferred: bool,
-    /// The id of the request that brought it (`x-request-id`), to find its
-    /// log lines by.
+    /// The id of the request that brought it (`x-request-id`, as its answer's
+    /// header and the logs name it): stored with it, so a record can be
+    /// traced to that request.
     pub request_id: String,
 }
 

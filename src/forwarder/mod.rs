@@ -35,7 +35,7 @@ use crate::{
     hubspot::{CallError, HubSpotClient},
     metrics::Metrics,
     status::LiveStatus,
-    store::{ClaimRequest, ClaimedBatch, CompletionClaim, Store},
+    store::{ClaimRequest, ClaimedBatch, CompletionClaim, Queue},
 };
 use contacts::Contacts;
 
@@ -149,7 +149,7 @@ type EventCreated = Rc<tokio::sync::Mutex<bool>>;
 
 /// What every batch task shares.
 struct Shared {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Queue>,
     hubspot: HubSpotClient,
     contacts: Contacts,
     config: Config,
@@ -168,7 +168,7 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Queue>,
         hubspot: HubSpotClient,
         config: Config,
         metrics: Arc<Metrics>,

@@ -15,7 +15,7 @@ use crate::{
     metrics::Metrics,
     settings::{Secret, Settings},
     status::LiveStatus,
-    store::Store,
+    store::Credentials,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -77,7 +77,7 @@ pub struct CredentialConfigError(&'static str);
 /// else the static token (possibly none).
 pub fn from_settings(
     settings: &Settings,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Credentials>,
     metrics: Arc<Metrics>,
     status: Arc<LiveStatus>,
 ) -> Result<Rc<dyn TokenSource>, CredentialConfigError> {

@@ -23,7 +23,7 @@ use crate::{
     record::now_ms,
     settings::Secret,
     status::LiveStatus,
-    store::{Store, StoredCredential},
+    store::{Credentials, StoredCredential},
 };
 
 /// A token is refreshed once less than this, or than half its lifetime, is
@@ -44,7 +44,7 @@ pub struct OAuth {
     origin: String,
     token_url: String,
     http: awc::Client,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Credentials>,
     metrics: Arc<Metrics>,
     status: Arc<LiveStatus>,
     held: RefCell<Option<Held>>,
@@ -98,7 +98,7 @@ impl OAuth {
         client_secret: Secret,
         refresh_token: Secret,
         token_url: &str,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Credentials>,
         metrics: Arc<Metrics>,
         status: Arc<LiveStatus>,
     ) -> Self {
