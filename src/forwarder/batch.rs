@@ -53,7 +53,14 @@ impl Shared {
     /// Sends the batch (renewing its lease while that takes) and settles it.
     pub(super) async fn forward(&self, batch: ClaimedBatch) -> BatchEnd {
         let records: Vec<i64> = batch.records.iter().map(|r| r.id).collect();
-        tracing::info!(?records, "batch claimed");
+        // The requests that brought them, in the same order: the link from
+        // the ingest line (`request_id`) to the record ids followed from here.
+        let requests: Vec<&str> = batch
+            .records
+            .iter()
+            .map(|r| r.request_id.as_deref().unwrap_or("-"))
+            .collect();
+        tracing::info!(?records, ?requests, "batch claimed");
         let lease = batch.lease.clone();
         let sending = self.send(batch);
         tokio::pin!(sending);

@@ -155,6 +155,7 @@ async fn a_webhook_is_followed_in_the_json_log_by_its_request_id_and_its_record_
         .iter()
         .find(|l| l["message"] == "batch claimed" && l["records"] == record.as_str())
         .unwrap_or_else(|| panic!("no claim of {record}: {lines:?}"));
+    assert_eq!(claimed["requests"], r#"["follow-me-1"]"#);
     let lease = &claimed["span"]["lease"];
     assert_eq!(claimed["span"]["name"], "batch");
     assert_eq!(claimed["span"]["event"], "5150");
