@@ -21,7 +21,7 @@ use crate::{
         generic::{Generic, GenericConfigError},
         zoom::Zoom,
     },
-    store::{self, Store, StoreError},
+    store::{self, OpenError, Store, StoreOptions},
     token::{self, CredentialConfigError},
 };
 
@@ -50,7 +50,7 @@ const PURGE_CHUNK: u64 = 500;
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] OpenError),
     #[error("invalid {0}: {1}")]
     Setting(&'static str, String),
     #[error("invalid HubSpot credential settings: {0}")]
@@ -69,7 +69,10 @@ impl StartupError {
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            Self::Setting(..) | Self::Credential(_) | Self::Generic(_)
+            Self::Setting(..)
+                | Self::Credential(_)
+                | Self::Generic(_)
+                | Self::Store(OpenError::Setting(_))
         )
     }
 }
@@ -94,7 +97,10 @@ fn bind(addr: &str) -> Result<TcpListener, StartupError> {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let store = store::open(settings.database_url.expose())?;
+        let store = store::open(
+            settings.database_url.expose(),
+            &StoreOptions::from_settings(&settings),
+        )?;
         let metrics = Arc::new(Metrics::new());
         let eventbrite_api = eventbrite::api_base(settings.eventbrite_api_base_url.as_str())
             .map_err(|err| StartupError::Setting("EVENTBRITE_API_BASE_URL", err.to_string()))?;

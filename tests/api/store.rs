@@ -8,7 +8,7 @@ use attendance_relay::{
     settings::Secret,
     store::{
         ClaimRequest, CompletionClaim, FetchOutcome, PostgresStore, RecordStatus, Settlement,
-        SqliteStore, Store, StoredCredential,
+        SqliteStore, Store, StoreOptions, StoredCredential,
     },
 };
 
@@ -704,7 +704,10 @@ async fn postgres_store_passes_the_store_suite() {
     let Some(database) = crate::pg::TestDatabase::create() else {
         return;
     };
-    suite(Arc::new(PostgresStore::open(&database.url).unwrap())).await;
+    suite(Arc::new(
+        PostgresStore::open(&database.url, &StoreOptions::default()).unwrap(),
+    ))
+    .await;
 }
 
 #[actix_web::test]
@@ -718,7 +721,7 @@ async fn postgres_store_orders_completions_after_their_attendance() {
     let Some(database) = crate::pg::TestDatabase::create() else {
         return;
     };
-    completion_suite(&PostgresStore::open(&database.url).unwrap()).await;
+    completion_suite(&PostgresStore::open(&database.url, &StoreOptions::default()).unwrap()).await;
 }
 
 #[actix_web::test]
@@ -788,7 +791,7 @@ async fn concurrent_deliveries_dedupe_and_fail_alone_on_postgres() {
     let Some(database) = crate::pg::TestDatabase::create() else {
         return;
     };
-    let store = Arc::new(PostgresStore::open(&database.url).unwrap());
+    let store = Arc::new(PostgresStore::open(&database.url, &StoreOptions::default()).unwrap());
     concurrent_deliveries_dedupe_and_fail_alone(store).await;
 }
 
