@@ -193,7 +193,7 @@ impl Target {
         if let Some(tls) = find::<rustls::Error>(err) {
             return (self.explain_tls(tls, &servers), false);
         }
-        let text = err.to_string();
+        let text = chain(err);
         if text.contains("server does not support TLS") {
             return (
                 format!(
@@ -251,6 +251,17 @@ impl Target {
             other => format!("TLS with {servers} failed: {other}"),
         }
     }
+}
+
+/// `err` and its causes, as one text (tokio-postgres's own shows only itself).
+fn chain(err: &tokio_postgres::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(current) = cause {
+        text.push_str(&format!(": {current}"));
+        cause = current.source();
+    }
+    text
 }
 
 /// The first error of type `E` in `err`'s chain of causes.

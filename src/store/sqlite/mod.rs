@@ -122,6 +122,13 @@ fn open_writable(path: &str) -> Result<Connection, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|err| StoreError::Broken(format!("cannot create {}: {err}", dir.display())))?;
     }
+    // SQLite would open a file it may not write read-only, without an error.
+    if Path::new(path).exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|err| StoreError::Broken(format!("cannot open it for writing: {err}")))?;
+    }
     let writer = connect(path)?;
     // FULL: every commit fsyncs the WAL, so an acknowledged webhook survives power loss.
     writer
@@ -132,10 +139,6 @@ fn open_writable(path: &str) -> Result<Connection, StoreError> {
              PRAGMA foreign_keys = ON;",
         )
         .map_err(sql_error)?;
-    // SQLite opens a file it may not write read-only, without an error.
-    if writer.is_readonly(rusqlite::MAIN_DB).map_err(sql_error)? {
-        return Err(StoreError::Broken("the file is read-only".into()));
-    }
     Ok(writer)
 }
 
