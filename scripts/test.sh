@@ -39,6 +39,15 @@ if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
 fi
 
+# pgbouncer (Debian's package) sits in front of the PostgreSQL tests' own
+# throwaway clusters (tests/api/pg_pooler.rs).
+if ! command -v pgbouncer >/dev/null 2>&1; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends pgbouncer
+  # The package starts a server of its own; the tests start theirs.
+  systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true
+fi
+
 cargo test --locked
 # The same HTTP-level suites once more on the PostgreSQL store (a database of
 # their own per test, dropped after); the store suite runs on both above.

@@ -23,6 +23,7 @@ mod pg;
 mod pg_pooler;
 mod pg_restart;
 mod pg_tls;
+mod pg_upgrade;
 mod prism;
 mod replicas;
 mod startup;

@@ -313,7 +313,7 @@ fn tls_config(
                 mode.as_str()
             )));
         }
-        (SslMode::Disable | SslMode::Prefer | SslMode::Require, None) => Arc::new(Unverified),
+        (SslMode::Disable | SslMode::Prefer | SslMode::Require, None) => Lenient::new(None),
         (_, Some(roots)) => {
             let chain = WebPkiServerVerifier::builder_with_provider(
                 Arc::new(root_store(roots)?),
@@ -324,7 +324,7 @@ fn tls_config(
             if mode == SslMode::VerifyFull {
                 chain
             } else {
-                Arc::new(AnyName(chain))
+                Lenient::new(Some(chain))
             }
         }
     };
@@ -374,56 +374,26 @@ fn root_store(roots: &str) -> Result<RootCertStore, OpenError> {
     Ok(store)
 }
 
-fn algorithms() -> WebPkiSupportedAlgorithms {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms
+/// `require` and `prefer` without `sslrootcert` (`chain` none): encrypted,
+/// the server not authenticated, libpq's meaning. `verify-ca`: the chain
+/// must lead to a trusted root, the host name is not compared (webpki checks
+/// the chain before the name). The handshake's signatures are checked either way.
+#[derive(Debug)]
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// `require` without `sslrootcert`: encrypted, the server not authenticated
-/// (libpq's meaning). The handshake's signatures are still checked.
-#[derive(Debug)]
-struct Unverified;
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algorithms().supported_schemes()
+impl Lenient {
+    fn new(chain: Option<Arc<WebPkiServerVerifier>>) -> Arc<Self> {
+        Arc::new(Self {
+            chain,
+            algorithms: provider().signature_verification_algorithms,
+        })
     }
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the host name is not
-/// compared (webpki checks the chain before the name).
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -432,10 +402,10 @@ impl ServerCertVerifier for AnyName {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -449,7 +419,7 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -458,11 +428,11 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -80,13 +80,17 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
--- The deployment's HubSpot calls of the last window, and HubSpot's pause.
-CREATE TABLE hubspot_calls (
+"#;
+
+/// The deployment's HubSpot calls of the last window, and HubSpot's pause.
+/// Part of version 1 only from its second release on, so made where missing.
+const SHARED_WINDOW: &str = r#"
+CREATE TABLE IF NOT EXISTS hubspot_calls (
     id          BIGSERIAL PRIMARY KEY,
     started_ms  BIGINT NOT NULL,
     answered_ms BIGINT
 );
-CREATE TABLE hubspot_pause (
+CREATE TABLE IF NOT EXISTS hubspot_pause (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
     not_before_ms BIGINT NOT NULL
 );
@@ -173,6 +177,7 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
             if older.is_none() {
                 tx.batch_execute(SCHEMA).await.map_err(pg_error)?;
             }
+            tx.batch_execute(SHARED_WINDOW).await.map_err(pg_error)?;
             tx.batch_execute(COMPLETIONS).await.map_err(pg_error)?;
             tx.execute(
                 "INSERT INTO relay_schema (version) VALUES ($1)",
