@@ -126,7 +126,9 @@ async fn the_gateway_rides_out_a_server_restart(mode: &'static str) {
     posting.set(false);
     poster.await.unwrap();
 
-    let answers = answers.borrow();
+    let answers = Rc::into_inner(answers)
+        .expect("the poster ended")
+        .into_inner();
     assert!(
         answers.iter().all(|(_, status, _)| matches!(
             *status,
@@ -158,7 +160,6 @@ async fn the_gateway_rides_out_a_server_restart(mode: &'static str) {
     .await;
     let twice: Vec<_> = delivered().into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
-    drop(answers);
     Rc::into_inner(app).expect("the poster ended").stop().await;
 }
 
