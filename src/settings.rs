@@ -1,6 +1,7 @@
 //! Every environment variable the gateway reads, declared once in the
 //! `settings!` list below: it yields the [`Settings`] struct (read by
-//! envconfig) and [`TABLE`], which `--help` prints and README mirrors.
+//! envconfig) and [`TABLE`], which `--help` prints and
+//! docs/configuration.md mirrors (a test holds the page to it).
 //!
 //! An empty variable counts as unset, decided here alone: empty variables are
 //! dropped before envconfig reads the rest. A value that cannot work stops the
@@ -94,11 +95,11 @@ settings! {
         unset "the admin API answers 404", form "text";
 
     /// Store: `sqlite://path` (embedded; the file and its folder are created
-    /// on first start), or `postgres://user:password@host:port/database` for
-    /// several replicas, with libpq's `sslmode`, `sslrootcert`, `sslcert` and
-    /// `sslkey` in the query.
+    /// on first start), or `postgres://…` for several replicas sharing one
+    /// queue, with libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`
+    /// in the query.
     database_url: DatabaseUrl = "RELAY_DATABASE_URL", default "sqlite://data/relay.db",
-        form "sqlite://path or postgres://…";
+        form "sqlite://path or postgres://user:password@host:port/database";
 
     /// PostgreSQL: connections each process opens at most.
     store_pool_size: NonZeroUsize = "RELAY_STORE_POOL_SIZE", default "8",
@@ -614,13 +615,63 @@ mod tests {
         assert!(settings(&defaults).is_ok());
     }
 
+    /// docs/configuration.md's table row of `setting`: its cells as
+    /// `--help` prints them (backticks aside, which the page may add).
+    fn row(setting: &Setting) -> [String; 4] {
+        let meaning: Vec<&str> = setting.meaning.iter().map(|line| line.trim()).collect();
+        [
+            format!("`{}`", setting.name),
+            setting.form.to_owned(),
+            setting.when_unset.to_string(),
+            meaning.join(" "),
+        ]
+        .map(|cell| cell.replace('`', ""))
+    }
+
     #[test]
-    fn readme_names_every_setting() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-            .expect("README.md beside Cargo.toml");
+    fn the_configuration_page_says_what_help_says_of_every_setting_and_names_no_other() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let page = std::fs::read_to_string(path).expect("docs/configuration.md");
+        let rows: Vec<Vec<String>> = page
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| {
+                line.trim_matches('|')
+                    .split(" | ")
+                    .map(|cell| cell.trim().replace('`', ""))
+                    .collect()
+            })
+            .collect();
         for setting in TABLE {
-            let named = format!("`{}`", setting.name);
-            assert!(readme.contains(&named), "{} not in README", setting.name);
+            let expected = row(setting);
+            let found = rows.iter().find(|row| row[0] == expected[0]);
+            assert_eq!(
+                found.map(Vec::as_slice),
+                Some(&expected[..]),
+                "docs/configuration.md's row for {} should read:\n| {} |",
+                setting.name,
+                expected.join(" | ")
+            );
+        }
+        // Every variable the page names, in its table or its prose, exists.
+        let named = page
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter_map(|code| code.split('=').next())
+            .filter(|code| {
+                ["RELAY_", "HUBSPOT_", "ZOOM_", "EVENTBRITE_", "GENERIC_"]
+                    .iter()
+                    .any(|prefix| code.starts_with(prefix))
+                    && code
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            });
+        for name in named {
+            assert!(
+                TABLE.iter().any(|setting| setting.name == name),
+                "docs/configuration.md names {name}, which is no setting"
+            );
         }
     }
 }

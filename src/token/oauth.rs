@@ -372,6 +372,35 @@ mod tests {
             .map(|failure| failure.backoff)
     }
 
+    /// The remembered failure's backoff runs out now, as it would once its
+    /// time had passed.
+    fn end_backoff(oauth: &OAuth) {
+        let mut failure = oauth.failure.borrow_mut();
+        failure.as_mut().expect("a failure is remembered").until = Instant::now();
+    }
+
+    /// The held token is due for its refresh and still valid for `left`, as
+    /// it would be that long before its expiry; the store holds the same, so
+    /// taking the stored one up again changes nothing.
+    async fn age(oauth: &OAuth, left: Duration) {
+        let mut credential = oauth
+            .held
+            .borrow()
+            .as_ref()
+            .expect("a token is held")
+            .credential
+            .clone();
+        let lifetime = credential.expires_at_ms - credential.refreshed_ms;
+        credential.expires_at_ms = now_ms() + left.as_millis() as i64;
+        credential.refreshed_ms = credential.expires_at_ms - lifetime;
+        oauth
+            .store
+            .save_credential(&oauth.store_key(), &credential)
+            .await
+            .unwrap();
+        *oauth.held.borrow_mut() = Some(Held::new(credential));
+    }
+
     #[actix_web::test]
     async fn waiting_callers_share_one_failed_refresh_which_stands_for_a_doubling_backoff() {
         let endpoint = endpoint(1800).await;
@@ -387,12 +416,15 @@ mod tests {
         assert_eq!(endpoint.token_requests().len(), 1);
         assert_eq!(backoff(&oauth), Some(FAILURE_BACKOFF_FIRST));
 
-        actix_web::rt::time::sleep(FAILURE_BACKOFF_FIRST + Duration::from_millis(100)).await;
+        end_backoff(&oauth);
         assert_eq!(twenty_callers(&oauth).await, ["unavailable"; 20]);
         assert_eq!(endpoint.token_requests().len(), 2);
         assert_eq!(backoff(&oauth), Some(FAILURE_BACKOFF_FIRST * 2));
+        // Within the doubled backoff: still no request.
+        assert_eq!(outcome(&oauth.access_token().await), "unavailable");
+        assert_eq!(endpoint.token_requests().len(), 2);
 
-        actix_web::rt::time::sleep(FAILURE_BACKOFF_FIRST * 2 + Duration::from_millis(100)).await;
+        end_backoff(&oauth);
         assert_eq!(twenty_callers(&oauth).await, ["token"; 20]);
         assert_eq!(endpoint.token_requests().len(), 3);
         assert_eq!(backoff(&oauth), None, "a success forgets the failure");
@@ -400,12 +432,12 @@ mod tests {
 
     #[actix_web::test]
     async fn a_token_that_has_not_expired_is_still_used_while_its_refresh_fails() {
-        let endpoint = endpoint(4).await;
+        let endpoint = endpoint(1800).await;
         let dir = tempfile::tempdir().unwrap();
         let oauth = oauth(&endpoint, &dir);
         let token = oauth.access_token().await.unwrap();
-        // Due for its refresh after half its life, valid for the other half.
-        actix_web::rt::time::sleep(Duration::from_millis(2_100)).await;
+        // Due for its refresh five minutes ahead, valid for one more.
+        age(&oauth, Duration::from_secs(60)).await;
         endpoint.fail_next_token(Fault::status(503));
         let again = oauth.access_token().await.unwrap();
         assert_eq!(again.expose(), token.expose());

@@ -115,20 +115,27 @@ async fn look_ups_failing_together_count_as_one_failure() {
     hubspot.set_latency(Some(Duration::from_secs(30)));
     let joins = interleaved(6, 100);
     let app = backlog_then_drain(&joins, &hubspot, &[("HUBSPOT_REQUEST_TIMEOUT_MS", "1000")]).await;
-    // Two rounds of look-ups at most have failed by now (each waits out a
-    // 1 s timeout, then a backoff of about 1 s, then 2 s): nothing is due
-    // more than 2 s ahead. Counted one by one, the six batches of the first
-    // round alone would push the last of them 16–32 s ahead.
-    actix_web::rt::time::sleep(Duration::from_millis(4500)).await;
-    let now = attendance_relay::record::now_ms();
-    let waiting: Vec<i64> = app
-        .records()
-        .await
-        .iter()
-        .filter(|r| r.attempts > 0 && r.status == RecordStatus::Pending)
-        .map(|r| r.next_attempt_ms - now)
-        .collect();
-    assert!(!waiting.is_empty(), "the look-ups failed and were retried");
+    // Once every batch's look-up has failed and all six wait to be tried
+    // again, they have counted as one failure (two or three if retries failed
+    // too): nothing is due more than 4 s ahead. Counted one by one, the six
+    // batches of the first round alone would push the last of them 16–32 s
+    // ahead.
+    let mut waiting = Vec::new();
+    wait_until(
+        "every batch's look-up has failed and waits",
+        30,
+        async || {
+            let records = app.records().await;
+            let now = attendance_relay::record::now_ms();
+            waiting = records
+                .iter()
+                .filter(|r| r.status == RecordStatus::Pending && r.last_error.is_some())
+                .map(|r| r.next_attempt_ms - now)
+                .collect();
+            waiting.len() == joins.len() && waiting.iter().all(|ahead| *ahead > 0)
+        },
+    )
+    .await;
     let furthest = waiting.iter().max().copied().unwrap_or_default();
     assert!(furthest <= 4_000, "a retry {furthest} ms ahead");
     assert!(creates(&hubspot).is_empty());

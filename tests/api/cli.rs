@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use attendance_relay::settings::TABLE;
+use attendance_relay::settings::{self, TABLE};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
@@ -49,6 +49,12 @@ fn help_prints_the_usage_and_every_setting_without_starting_even_with_bad_settin
                 setting.name
             );
         }
+        // As printed, so docs/configuration.md, held to the same text, says
+        // what `--help` says.
+        assert!(
+            stdout.contains(settings::help().trim_end()),
+            "{args:?}: {stdout}"
+        );
         assert!(
             stdout.contains(
                 "RELAY_MAX_BODY_BYTES  (a positive whole number of bytes; default: 262144)"

@@ -18,6 +18,7 @@ use crate::{
 };
 
 #[actix_web::test]
+#[ignore = "needs Prism (npm ci) and HubSpot's documents in ../shared/specs/hubspot: --include-ignored"]
 async fn every_hubspot_request_is_valid_against_hubspots_documents() {
     // No event exists and one contact is unknown: the gateway must use every
     // operation.
@@ -34,9 +35,7 @@ async fn every_hubspot_request_is_valid_against_hubspots_documents() {
     })
     .await
     .unwrap();
-    let Some(prism) = Prism::start(&hubspot.url()).await else {
-        return;
-    };
+    let prism = Prism::start(&hubspot.url()).await;
     hubspot.add_contact("known@example.com");
     let prism_url = prism.url();
     let app = spawn_forwarding_app(

@@ -10,6 +10,7 @@ mod contract;
 mod crash;
 mod demo;
 mod disk;
+mod docs;
 mod durability;
 mod eventbrite;
 mod forwarding;

@@ -27,10 +27,9 @@ fn schema_version(url: &str) -> String {
 }
 
 #[actix_web::test]
+#[ignore = "needs PostgreSQL (RELAY_TEST_POSTGRES_URL or 127.0.0.1:5432) and psql: --include-ignored"]
 async fn a_first_postgres_release_database_is_upgraded_in_place() {
-    let Some(database) = TestDatabase::create() else {
-        return;
-    };
+    let database = TestDatabase::create();
     let dump =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/postgres-first-release.sql");
     psql(&database.url, &["-f", dump.to_str().unwrap()]);

@@ -40,8 +40,8 @@ const DOCUMENTS: [&str; 3] = [
 type Log = Arc<Mutex<(Vec<String>, Instant)>>;
 
 /// A Prism proxy in front of `upstream`, validating every request and response against
-/// HubSpot's documents. None (with a message on stderr saying why the test is skipped)
-/// when ../shared/specs is missing or Prism is not installed (`npm ci` not run).
+/// HubSpot's documents. Starting one fails the test when ../shared/specs is missing or
+/// Prism is not installed (`npm ci` not run).
 pub struct Prism {
     child: Child,
     port: u16,
@@ -50,24 +50,20 @@ pub struct Prism {
 }
 
 impl Prism {
-    pub async fn start(upstream: &str) -> Option<Prism> {
+    pub async fn start(upstream: &str) -> Prism {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let specs = root.join("../shared/specs/hubspot/prism");
-        if !DOCUMENTS.iter().all(|name| specs.join(name).is_file()) {
-            crate::helpers::skip(format!(
-                "HubSpot's documents are missing in {}",
-                specs.display()
-            ));
-            return None;
-        }
+        assert!(
+            DOCUMENTS.iter().all(|name| specs.join(name).is_file()),
+            "HubSpot's documents are needed in {}",
+            specs.display()
+        );
         let prism_bin = root.join("node_modules/.bin/prism");
-        if !prism_bin.is_file() {
-            crate::helpers::skip(format!(
-                "Prism is not installed (run `npm ci` in {})",
-                root.display()
-            ));
-            return None;
-        }
+        assert!(
+            prism_bin.is_file(),
+            "Prism is needed: run `npm ci` in {}",
+            root.display()
+        );
 
         let dir = tempfile::tempdir().expect("temp dir");
         let merged = dir.path().join("hubspot.json");
@@ -103,16 +99,12 @@ impl Prism {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(error) => {
-                crate::helpers::skip(format!(
-                    "cannot run {} ({error}); is Node installed?",
-                    prism_bin.display()
-                ));
-                return None;
-            }
-        };
+        let mut child = spawned.unwrap_or_else(|error| {
+            panic!(
+                "cannot run {} ({error}); is Node installed?",
+                prism_bin.display()
+            )
+        });
 
         let log: Log = Arc::new(Mutex::new((Vec::new(), Instant::now())));
         let stdout = child.stdout.take().unwrap();
@@ -121,12 +113,12 @@ impl Prism {
         collect_lines(stderr, log.clone());
 
         wait_until_listening(&mut child, port, &log).await;
-        Some(Prism {
+        Prism {
             child,
             port,
             log,
             _dir: dir,
-        })
+        }
     }
 
     /// What the gateway gets as HUBSPOT_BASE_URL.

@@ -5,12 +5,16 @@ use attendance_relay::{record::State, store::RecordStatus};
 use serde_json::json;
 
 use crate::helpers::{
-    ZOOM_SECRET, metric, now_secs, spawn_app, spawn_app_with, zoom_examples, zoom_signature,
+    ZOOM_SECRET, metric, now_secs, spawn_app, spawn_app_with, zoom_examples, zoom_join, zoom_leave,
+    zoom_registration, zoom_signature,
 };
 
 const EVENT_TS: i64 = 1_626_230_691_572;
 const JOINED_MS: i64 = 1_626_212_691_000; // 2021-07-13T21:44:51Z
 const LEFT_MS: i64 = 1_626_216_651_000; // 2021-07-13T22:50:51Z
+/// Where a test needs only a body, not Zoom's own examples.
+const WEBINAR: &str = "1234567890";
+const EMAIL: &str = "jchill@example.com";
 
 fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -62,10 +66,9 @@ const ATTENDANCE_EVENTS: [&str; 12] = [
 ];
 
 #[actix_web::test]
+#[ignore = "needs Zoom's webhook document in ../shared/specs/zoom: --include-ignored"]
 async fn every_zoom_attendance_example_maps_as_the_spec_says() {
-    let Some(examples) = zoom_examples() else {
-        return;
-    };
+    let examples = zoom_examples();
     for event in ATTENDANCE_EVENTS {
         let app = spawn_app().await;
         let (status, body) = app.post_zoom(&examples[event]).await;
@@ -103,10 +106,9 @@ async fn every_zoom_attendance_example_maps_as_the_spec_says() {
 const END_EVENTS: [&str; 2] = ["meeting.ended", "webinar.ended"];
 
 #[actix_web::test]
+#[ignore = "needs Zoom's webhook document in ../shared/specs/zoom: --include-ignored"]
 async fn zoom_s_end_examples_complete_the_event_with_its_start_and_end() {
-    let Some(mut examples) = zoom_examples() else {
-        return;
-    };
+    let mut examples = zoom_examples();
     for event in END_EVENTS {
         let app = spawn_app().await;
         let mut body: serde_json::Value = serde_json::from_slice(&examples[event]).unwrap();
@@ -141,10 +143,9 @@ async fn zoom_s_end_examples_complete_the_event_with_its_start_and_end() {
 }
 
 #[actix_web::test]
+#[ignore = "needs Zoom's webhook document in ../shared/specs/zoom: --include-ignored"]
 async fn every_other_zoom_example_is_acknowledged_and_ignored() {
-    let Some(examples) = zoom_examples() else {
-        return;
-    };
+    let examples = zoom_examples();
     let app = spawn_app().await;
     let mut ignored = 0;
     for (event, body) in &examples {
@@ -178,17 +179,11 @@ async fn every_other_zoom_example_is_acknowledged_and_ignored() {
 
 #[actix_web::test]
 async fn a_leave_carries_the_time_of_the_join_it_closes() {
-    let Some(examples) = zoom_examples() else {
-        return;
-    };
     let app = spawn_app().await;
-    assert_eq!(
-        app.post_zoom(&examples["webinar.participant_joined"])
-            .await
-            .0,
-        StatusCode::OK
-    );
-    let (status, body) = app.post_zoom(&examples["webinar.participant_left"]).await;
+    let join = zoom_join(WEBINAR, EMAIL, "2021-07-13T21:44:51Z");
+    assert_eq!(app.post_zoom(&join).await.0, StatusCode::OK);
+    let leave = zoom_leave(WEBINAR, EMAIL, "2021-07-13T22:50:51Z");
+    let (status, body) = app.post_zoom(&leave).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["accepted"], 1);
 
@@ -238,12 +233,13 @@ async fn a_participant_without_email_is_kept_but_not_forwarded() {
 
 #[actix_web::test]
 async fn the_configured_account_id_replaces_the_payloads() {
-    let Some(examples) = zoom_examples() else {
-        return;
-    };
     let app = spawn_app_with(&[("ZOOM_EXTERNAL_ACCOUNT_ID", "hubspot-side-account")]).await;
-    app.post_zoom(&examples["meeting.registration_approved"])
-        .await;
+    app.post_zoom(&zoom_registration(
+        "meeting.registration_approved",
+        1,
+        EMAIL,
+    ))
+    .await;
     assert_eq!(
         app.records().await[0].record.external_account_id,
         "hubspot-side-account"
@@ -277,11 +273,8 @@ async fn url_validation_is_answered_after_the_signature_is_checked() {
 
 #[actix_web::test]
 async fn forged_missing_and_stale_signatures_are_refused_and_nothing_is_stored() {
-    let Some(examples) = zoom_examples() else {
-        return;
-    };
     let app = spawn_app().await;
-    let body = &examples["webinar.participant_joined"];
+    let body = &zoom_join(WEBINAR, EMAIL, "2021-07-13T21:44:51Z");
     let now = now_secs();
     let stale = now - 5401;
     let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
@@ -396,11 +389,8 @@ async fn an_oversized_body_gets_413() {
 
 #[actix_web::test]
 async fn a_repeated_delivery_is_acknowledged_and_stored_once() {
-    let Some(examples) = zoom_examples() else {
-        return;
-    };
     let app = spawn_app().await;
-    let body = &examples["webinar.registration_approved"];
+    let body = &zoom_registration("webinar.registration_approved", 1, EMAIL);
     let (_, first) = app.post_zoom(body).await;
     let (status, second) = app.post_zoom(body).await;
     assert_eq!(first, json!({"accepted": 1, "duplicates": 0, "ignored": 0}));
@@ -412,7 +402,7 @@ async fn a_repeated_delivery_is_acknowledged_and_stored_once() {
 
     // The same record through another delivery (created, then approved) is also one record.
     let (_, third) = app
-        .post_zoom(&examples["webinar.registration_created"])
+        .post_zoom(&zoom_registration("webinar.registration_created", 1, EMAIL))
         .await;
     assert_eq!(third, json!({"accepted": 0, "duplicates": 1, "ignored": 0}));
     assert_eq!(app.records().await.len(), 1);
@@ -446,9 +436,7 @@ async fn the_zoom_route_is_absent_without_a_secret() {
 
 #[actix_web::test]
 async fn a_locked_store_answers_503_never_4xx() {
-    let Some(examples) = zoom_examples() else {
-        return;
-    };
+    let join = zoom_join(WEBINAR, EMAIL, "2021-07-13T21:44:51Z");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("relay.db");
     let url = format!("sqlite://{}", db.display());
@@ -456,14 +444,14 @@ async fn a_locked_store_answers_503_never_4xx() {
     let blocker = rusqlite::Connection::open(&db).unwrap();
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
 
-    let (status, answer) = app.post_zoom(&examples["webinar.participant_joined"]).await;
+    let (status, answer) = app.post_zoom(&join).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
     assert_eq!(answer["error"], "store_unavailable");
     let (ready, _) = app.get(&format!("{}/readyz", app.public)).await;
     assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
 
     blocker.execute_batch("ROLLBACK").unwrap();
-    let (status, answer) = app.post_zoom(&examples["webinar.participant_joined"]).await;
+    let (status, answer) = app.post_zoom(&join).await;
     assert_eq!(
         status,
         StatusCode::OK,
