@@ -703,7 +703,10 @@ async fn sqlite_store_passes_the_store_suite() {
 #[ignore = "needs PostgreSQL (RELAY_TEST_POSTGRES_URL or 127.0.0.1:5432): --include-ignored"]
 async fn postgres_store_passes_the_store_suite() {
     let database = crate::pg::TestDatabase::create();
-    suite(Arc::new(PostgresStore::open(&database.url, &StoreOptions::default()).unwrap())).await;
+    suite(Arc::new(
+        PostgresStore::open(&database.url, &StoreOptions::default()).unwrap(),
+    ))
+    .await;
 }
 
 #[actix_web::test]
