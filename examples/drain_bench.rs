@@ -89,6 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             body: Vec::new(),
             received_ms: now_ms(),
             deferred: false,
+            request_id: format!("{:016x}", fastrand::u64(..)),
         };
         store.ingest(delivery, batch.collect()).await?;
     }

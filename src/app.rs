@@ -146,7 +146,7 @@ impl Application {
             Arc::clone(&forwarder_wake),
         )?;
         let fetcher = Fetcher::new(
-            Arc::clone(&store),
+            store.clone(),
             platforms,
             Duration::from_secs(settings.max_record_age_secs),
             Arc::clone(&metrics),
@@ -346,11 +346,11 @@ fn forwarder_from(
 ) -> Result<Forwarder, CredentialConfigError> {
     let hubspot = HubSpotClient::new(
         settings.hubspot_base_url.as_str(),
-        token::from_settings(settings, Arc::clone(&store), Arc::clone(&metrics))?,
+        token::from_settings(settings, store.clone(), Arc::clone(&metrics))?,
         settings.hubspot_rate_limit_per_10s.get(),
         Duration::from_millis(settings.hubspot_request_timeout_ms),
         Arc::clone(&metrics),
-        Arc::clone(&store),
+        store.clone(),
     );
     let config = forwarder::Config {
         batch_size: settings.hubspot_batch_size.get(),

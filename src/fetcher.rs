@@ -13,7 +13,7 @@ use crate::{
     record::now_ms,
     retry,
     sources::{Fetch, FetchError, Fetched},
-    store::{DeferredDelivery, FetchOutcome, Store, StoreError},
+    store::{DeferredDelivery, Deliveries, FetchOutcome, StoreError},
 };
 
 /// Deliveries one round takes.
@@ -25,7 +25,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Fetcher {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Deliveries>,
     platforms: Vec<Rc<dyn Fetch>>,
     max_age: Duration,
     metrics: Arc<Metrics>,
@@ -35,7 +35,7 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Deliveries>,
         platforms: Vec<Rc<dyn Fetch>>,
         max_age: Duration,
         metrics: Arc<Metrics>,

@@ -16,7 +16,8 @@ use crate::{
     record::{State, format_utc, now_ms},
     settings::Settings,
     store::{
-        OwedDelivery, RecordFilter, RecordStatus, RetryCounts, Store, StoreError, StoredRecord,
+        OwedDelivery, RecordFilter, RecordStatus, RetryCounts, RetryOutcome, Store, StoreError,
+        StoredRecord,
     },
     token::CredentialError,
 };
@@ -397,10 +398,14 @@ impl Operations {
             ItemId::Record(id) => self.store.retry_record(id).await?,
             ItemId::Delivery(id) => self.store.retry_delivery(id).await?,
         };
-        let retried = retried.ok_or_else(|| OpsError::UnknownRecord(item.to_string()))?;
-        if retried {
-            tracing::info!(id = %item, "dead letter retried by an operator");
-        }
+        let retried = match retried {
+            RetryOutcome::Unknown => return Err(OpsError::UnknownRecord(item.to_string())),
+            RetryOutcome::NotDead => false,
+            RetryOutcome::Retried => {
+                tracing::info!(id = %item, "dead letter retried by an operator");
+                true
+            }
+        };
         Ok(RetriedOne {
             id: item.to_string(),
             retried,

@@ -191,6 +191,9 @@ pub struct Delivery {
     pub received_ms: i64,
     /// Its records are still to be fetched from the platform's API.
     pub deferred: bool,
+    /// The request that brought it, as its answer's header and the logs name
+    /// it: stored with it, so a record can be traced to that request.
+    pub request_id: String,
 }
 
 pub fn now_ms() -> i64 {

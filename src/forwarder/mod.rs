@@ -33,7 +33,7 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     hubspot::{CallError, HubSpotClient},
     metrics::Metrics,
-    store::{ClaimRequest, ClaimedBatch, CompletionClaim, Store},
+    store::{ClaimRequest, ClaimedBatch, CompletionClaim, Queue},
 };
 use contacts::Contacts;
 
@@ -147,7 +147,7 @@ type EventCreated = Rc<tokio::sync::Mutex<bool>>;
 
 /// What every batch task shares.
 struct Shared {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Queue>,
     hubspot: HubSpotClient,
     contacts: Contacts,
     config: Config,
@@ -165,7 +165,7 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Queue>,
         hubspot: HubSpotClient,
         config: Config,
         metrics: Arc<Metrics>,

@@ -214,6 +214,7 @@ async fn ingest<S: Source>(
         body: body.to_vec(),
         received_ms: now_ms(),
         deferred,
+        request_id: format!("{:016x}", fastrand::u64(..)),
     };
     let outcome = state
         .store

@@ -19,7 +19,7 @@ use crate::{
     metrics::Metrics,
     outbound,
     record::{EventInfo, State, normalize_email},
-    store::Store,
+    store::CallWindow,
     token::{CredentialError, TokenSource},
 };
 
@@ -113,13 +113,13 @@ impl HubSpotClient {
         limit_per_10s: u32,
         timeout: Duration,
         metrics: Arc<Metrics>,
-        store: Arc<dyn Store>,
+        window: Arc<dyn CallWindow>,
     ) -> Self {
         Self {
             http: outbound::client(timeout, true),
             base: base_url.trim_end_matches('/').to_owned(),
             token,
-            limiter: RateLimiter::new(limit_per_10s, store),
+            limiter: RateLimiter::new(limit_per_10s, window),
             metrics,
         }
     }

@@ -21,7 +21,7 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
-use crate::store::Store;
+use crate::store::{Admission, CallWindow};
 
 /// How long to wait before asking again when the shared window cannot be read.
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -33,7 +33,7 @@ const MARGIN: Duration = Duration::from_millis(100);
 pub struct RateLimiter {
     limit: usize,
     /// Where the deployment's window is kept.
-    store: Arc<dyn Store>,
+    store: Arc<dyn CallWindow>,
     /// Callers queue here, so calls are admitted in arrival order.
     turn: tokio::sync::Mutex<()>,
     state: RefCell<Window>,
@@ -95,7 +95,7 @@ impl Drop for Permit<'_> {
 }
 
 impl RateLimiter {
-    pub fn new(limit_per_10s: u32, store: Arc<dyn Store>) -> Self {
+    pub fn new(limit_per_10s: u32, store: Arc<dyn CallWindow>) -> Self {
         Self {
             limit: limit_per_10s.max(1) as usize,
             store,
@@ -129,8 +129,9 @@ impl RateLimiter {
         let limit = u32::try_from(self.limit).unwrap_or(u32::MAX);
         loop {
             let wait = match self.store.admit_call(limit, WINDOW + MARGIN).await {
-                Ok(Ok(call)) => return call,
-                Ok(Err(wait)) => wait,
+                Ok(Admission::Admitted { call }) => return Some(call),
+                Ok(Admission::LeftToProcess) => return None,
+                Ok(Admission::Wait(wait)) => wait,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot read the shared HubSpot window");
                     STORE_RETRY

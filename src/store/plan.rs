@@ -1,10 +1,21 @@
 //! Which due records a claim takes, the same for every store: whole groups,
 //! the longest-waiting group first, one batch per ready group per round,
-//! full batches at once and a partial one only after it lingered.
+//! full batches at once and a partial one only after it lingered, or, when
+//! other records of its group wait out a retry, with that retry.
 
 use std::time::Duration;
 
 use super::{ClaimRequest, StoredRecord};
+
+/// A group with pending records, as the store found it.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingGroup {
+    pub id: i64,
+    /// When its first pending record is due.
+    pub first_due: i64,
+    /// When the first of its records that wait out a retry is due, if any do.
+    pub retry_due: Option<i64>,
+}
 
 /// A claim in progress. The store reads chunks where [`ClaimPlan::next_read`]
 /// says and reports them to [`ClaimPlan::found`], which says whether the
@@ -15,8 +26,8 @@ pub struct ClaimPlan {
     max_batches: usize,
     linger_ms: i64,
     now: i64,
-    /// Groups with pending records and when their first is due, longest waiting first.
-    groups: Vec<(i64, i64)>,
+    /// Longest waiting first.
+    groups: Vec<PendingGroup>,
     open: Vec<bool>,
     current: usize,
     batches: usize,
@@ -24,8 +35,8 @@ pub struct ClaimPlan {
 }
 
 impl ClaimPlan {
-    pub fn new(request: &ClaimRequest, now: i64, mut groups: Vec<(i64, i64)>) -> Self {
-        groups.sort_by_key(|(_, first_due)| *first_due);
+    pub fn new(request: &ClaimRequest, now: i64, mut groups: Vec<PendingGroup>) -> Self {
+        groups.sort_by_key(|group| group.first_due);
         let n = groups.len();
         Self {
             batch: request.batch_size.max(1),
@@ -52,15 +63,15 @@ impl ClaimPlan {
             if !self.open[i] {
                 continue;
             }
-            let (group, first_due) = self.groups[i];
-            if first_due > self.now {
-                self.soon(first_due);
+            let group = self.groups[i];
+            if group.first_due > self.now {
+                self.soon(group.first_due);
                 self.open[i] = false;
                 continue;
             }
             // Remember which group the next `found` belongs to.
             self.current = i;
-            return Some((group, self.batch));
+            return Some((group.id, self.batch));
         }
         None
     }
@@ -72,13 +83,19 @@ impl ClaimPlan {
         if chunk.len() < self.batch {
             // The group has nothing after this chunk.
             self.open[i] = false;
-            match chunk.first() {
-                None => return false,
-                Some(first) if first.next_attempt_ms + self.linger_ms > self.now => {
+            match (chunk.first(), self.groups[i].retry_due) {
+                (None, _) => return false,
+                // What arrived while the rest of its group waits out a retry
+                // travels with that retry, not alone before it.
+                (Some(_), Some(retry_due)) => {
+                    self.soon(retry_due);
+                    return false;
+                }
+                (Some(first), None) if first.next_attempt_ms + self.linger_ms > self.now => {
                     self.soon(first.next_attempt_ms + self.linger_ms);
                     return false;
                 }
-                Some(_) => {}
+                (Some(_), None) => {}
             }
         }
         self.batches += 1;

@@ -14,7 +14,7 @@ pub use oauth::OAuth;
 use crate::{
     metrics::Metrics,
     settings::{Secret, Settings},
-    store::Store,
+    store::Credentials,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,7 +76,7 @@ pub struct CredentialConfigError(&'static str);
 /// else the static token (possibly none).
 pub fn from_settings(
     settings: &Settings,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Credentials>,
     metrics: Arc<Metrics>,
 ) -> Result<Rc<dyn TokenSource>, CredentialConfigError> {
     let client_id = settings.hubspot_client_id.as_deref();

@@ -22,7 +22,7 @@ use crate::{
     outbound,
     record::now_ms,
     settings::Secret,
-    store::{Store, StoredCredential},
+    store::{Credentials, StoredCredential},
 };
 
 /// A token is refreshed once less than this, or than half its lifetime, is
@@ -43,7 +43,7 @@ pub struct OAuth {
     origin: String,
     token_url: String,
     http: awc::Client,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Credentials>,
     metrics: Arc<Metrics>,
     held: RefCell<Option<Held>>,
     /// The last refresh failed: its error, until when it stands.
@@ -96,7 +96,7 @@ impl OAuth {
         client_secret: Secret,
         refresh_token: Secret,
         token_url: &str,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Credentials>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {

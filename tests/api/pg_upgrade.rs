@@ -4,7 +4,9 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use attendance_relay::store::{PostgresStore, Store, StoreOptions};
+use attendance_relay::store::{
+    Admission, CallWindow, Ingest, Operator, PostgresStore, StoreOptions,
+};
 
 use crate::{pg::TestDatabase, store::first_release_records_are_kept};
 
@@ -43,10 +45,10 @@ async fn a_first_postgres_release_database_is_upgraded_in_place() {
             .admit_call(100, Duration::from_secs(10))
             .await
             .unwrap(),
-        Ok(Some(_))
+        Admission::Admitted { .. }
     ));
     store.close().await;
-    assert_eq!(schema_version(&database.url), "2");
+    assert_eq!(schema_version(&database.url), "3");
     // Opening again is a no-op.
     let reopened = PostgresStore::open(&database.url, &StoreOptions::default()).unwrap();
     assert_eq!(reopened.records(None, 10).await.unwrap().len(), 6);

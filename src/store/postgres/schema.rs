@@ -1,18 +1,28 @@
-//! The PostgreSQL schema, versioned in `relay_schema`, applied at start under
-//! an advisory lock so replicas starting at once migrate once.
+//! The PostgreSQL schema, versioned in `relay_schema`: an ordered list of
+//! steps, each from one version to the next, applied at start under an
+//! advisory lock so replicas starting at once migrate once.
 
 use tokio_postgres::Client;
 
-use super::pg_error;
 use crate::store::StoreError;
 
-/// Version of [`SCHEMA`].
-pub const SCHEMA_VERSION: i32 = 2;
+/// The last step's version.
+pub const SCHEMA_VERSION: i32 = STEPS[STEPS.len() - 1].0;
+
+/// Every step, in order: the version it reaches, and its statements. A new
+/// database takes them all.
+const STEPS: [(i32, &str); 4] = [
+    (1, SCHEMA),
+    (2, SHARED_WINDOW),
+    (2, COMPLETIONS),
+    (3, REQUEST_IDS),
+];
 
 /// Key of the advisory lock migrations hold ("relay" in ASCII).
 const MIGRATION_LOCK: i64 = 0x72_65_6c_61_79;
 
-pub const SCHEMA: &str = r#"
+/// The first release's tables.
+const SCHEMA: &str = r#"
 CREATE TABLE deliveries (
     id              BIGSERIAL PRIMARY KEY,
     source          TEXT   NOT NULL,
@@ -82,8 +92,8 @@ CREATE TABLE meta (
 );
 "#;
 
-/// The deployment's HubSpot calls of the last window, and HubSpot's pause.
-/// Part of version 1 only from its second release on, so made where missing.
+/// The deployment's HubSpot calls of the last window, and HubSpot's pause:
+/// part of version 1 only from its second release on, so made where missing.
 const SHARED_WINDOW: &str = r#"
 CREATE TABLE IF NOT EXISTS hubspot_calls (
     id          BIGSERIAL PRIMARY KEY,
@@ -98,7 +108,7 @@ CREATE TABLE IF NOT EXISTS hubspot_pause (
 
 /// Functions, replaced at every start: they are code, not data, and change
 /// without a schema version.
-pub const FUNCTIONS: &str = r#"
+const FUNCTIONS: &str = r#"
 -- One round trip per call: admits it (`call`) or says how long to wait
 -- (`wait_ms`). A call counts from its
 -- start until `window_ms` after its answer; one whose replica died before the
@@ -133,7 +143,7 @@ BEGIN
 END $$;
 "#;
 
-/// Version 1 to 2, and part of every new database: completions. A completion
+/// Version 1 to 2: completions. A completion
 /// waits for its event's attendance records with lower ids: its own, or
 /// (after a late one arrived) up to `covers_until`; see `reopen_completion!`.
 const COMPLETIONS: &str = concat!(
@@ -152,41 +162,38 @@ CREATE TRIGGER records_reopen_completion AFTER INSERT ON records
 "#
 );
 
+/// Version 2 to 3: the request that brought a delivery (NULL: stored before
+/// request ids).
+const REQUEST_IDS: &str = "ALTER TABLE deliveries ADD COLUMN request_id TEXT;";
+
+/// Brings the database to [`SCHEMA_VERSION`] in one transaction: the steps
+/// after its version, in order.
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    let tx = client.transaction().await.map_err(pg_error)?;
+    let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(pg_error)?;
+        .await?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS relay_schema (version INTEGER NOT NULL)")
-        .await
-        .map_err(pg_error)?;
-    let version: Option<i32> = tx
-        .query_one("SELECT MAX(version) FROM relay_schema", &[])
-        .await
-        .map_err(pg_error)?
+        .await?;
+    let version: i32 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM relay_schema", &[])
+        .await?
         .get(0);
-    match version {
-        Some(SCHEMA_VERSION) => {}
-        Some(newer) if newer > SCHEMA_VERSION => {
-            return Err(StoreError::Broken(format!(
-                "the database has schema version {newer}, newer than this gateway's \
-                 {SCHEMA_VERSION}: run a newer gateway"
-            )));
-        }
-        older => {
-            if older.is_none() {
-                tx.batch_execute(SCHEMA).await.map_err(pg_error)?;
-            }
-            tx.batch_execute(SHARED_WINDOW).await.map_err(pg_error)?;
-            tx.batch_execute(COMPLETIONS).await.map_err(pg_error)?;
-            tx.execute(
-                "INSERT INTO relay_schema (version) VALUES ($1)",
-                &[&SCHEMA_VERSION],
-            )
-            .await
-            .map_err(pg_error)?;
-        }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Broken(format!(
+            "the database has schema version {version}, newer than this gateway's \
+             {SCHEMA_VERSION}: run a newer gateway"
+        )));
     }
-    tx.batch_execute(FUNCTIONS).await.map_err(pg_error)?;
-    tx.commit().await.map_err(pg_error)
+    if version < SCHEMA_VERSION {
+        for (_, step) in STEPS.iter().filter(|(to, _)| *to > version) {
+            tx.batch_execute(step).await?;
+        }
+        tx.execute(
+            "INSERT INTO relay_schema (version) VALUES ($1)",
+            &[&SCHEMA_VERSION],
+        )
+        .await?;
+    }
+    tx.batch_execute(FUNCTIONS).await?;
+    Ok(tx.commit().await?)
 }

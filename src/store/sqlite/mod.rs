@@ -4,35 +4,31 @@
 //! own connections (WAL lets them run beside the writer), and the WAL is
 //! checkpointed by another thread, off the commit path.
 
-mod admin;
-mod queries;
+mod call_window;
+mod credentials;
+mod deliveries;
+mod ingest;
+mod operator;
+mod queue;
 mod schema;
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc as std_mpsc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use async_trait::async_trait;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{
-    ClaimRequest, Claimed, ClaimedBatch, CompletionClaim, DeferredDelivery, EventTally,
-    FetchOutcome, IngestOutcome, OpenError, OwedDelivery, QueueStats, RecordFilter, RecordStatus,
-    RetryCounts, Settlement, SourceTally, Store, StoreError, StoredCredential, StoredRecord,
-};
-use crate::{
-    record::{Delivery, NewRecord, now_ms},
-    settings::Secret,
-};
-use queries::{RECORD_COLUMNS, row_to_record};
+use super::{OpenError, RECORD_COLUMNS, RecordStatus, StoreError, StoredRecord};
+use crate::record::{EventInfo, NewRecord, State, now_ms};
 
 /// Most jobs one transaction takes; bounds the latency a single commit adds.
 const MAX_GROUP: usize = 512;
@@ -95,6 +91,8 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Msg>,
     readers: Arc<Readers>,
     writer_alive: Arc<AtomicBool>,
+    /// Transactions the writer committed.
+    commits: Arc<AtomicU64>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -161,12 +159,14 @@ impl SqliteStore {
         let (stop_checkpoints, checkpoint_stop) = std_mpsc::channel::<()>();
         let writer_alive = Arc::new(AtomicBool::new(true));
         let alive = AliveWhileHeld(Arc::clone(&writer_alive));
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&commits);
         let spawn_failed = |err: std::io::Error| OpenError::Failed(format!("cannot start: {err}"));
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
                 let _alive = alive;
-                run_writer(&writer, inbox);
+                run_writer(&writer, inbox, &counted);
                 drop(stop_checkpoints);
             })
             .map_err(spawn_failed)?;
@@ -182,6 +182,7 @@ impl SqliteStore {
                 permits: Semaphore::new(READERS),
             }),
             writer_alive,
+            commits,
             threads: Mutex::new(vec![writer_thread, checkpoint_thread]),
         })
     }
@@ -257,7 +258,7 @@ fn in_savepoint<T>(
     }
 }
 
-fn run_writer(conn: &Connection, mut inbox: mpsc::Receiver<Msg>) {
+fn run_writer(conn: &Connection, mut inbox: mpsc::Receiver<Msg>, commits: &AtomicU64) {
     let mut stopping = false;
     let mut last_restart = Instant::now();
     while !stopping {
@@ -279,7 +280,7 @@ fn run_writer(conn: &Connection, mut inbox: mpsc::Receiver<Msg>) {
                 Err(_) => break,
             }
         }
-        commit_group(conn, group);
+        commit_group(conn, group, commits);
         if last_restart.elapsed() >= WAL_RESTART_EVERY && wal_caught_up(conn) {
             last_restart = Instant::now();
         }
@@ -291,7 +292,7 @@ fn run_writer(conn: &Connection, mut inbox: mpsc::Receiver<Msg>) {
     }
 }
 
-fn commit_group(conn: &Connection, group: Vec<Job>) {
+fn commit_group(conn: &Connection, group: Vec<Job>, commits: &AtomicU64) {
     if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = sql_error(err);
         tracing::error!(error = %err, "store cannot begin a transaction");
@@ -302,9 +303,13 @@ fn commit_group(conn: &Connection, group: Vec<Job>) {
     }
     let replies: Vec<Reply> = group.into_iter().map(|job| job(Some(conn))).collect();
     let committed = conn.execute_batch("COMMIT").map_err(sql_error);
-    if let Err(err) = &committed {
-        tracing::error!(error = %err, "store cannot commit");
-        let _ = conn.execute_batch("ROLLBACK");
+    match &committed {
+        // Counted before anyone learns of the commit.
+        Ok(()) => drop(commits.fetch_add(1, Ordering::SeqCst)),
+        Err(err) => {
+            tracing::error!(error = %err, "store cannot commit");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
     }
     for reply in replies {
         reply(committed.clone());
@@ -342,231 +347,44 @@ fn run_checkpoints(conn: &Connection, stop: &std_mpsc::Receiver<()>) {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn ingest(
-        &self,
-        delivery: Delivery,
-        records: Vec<NewRecord>,
-    ) -> Result<IngestOutcome, StoreError> {
-        self.write(move |conn, now| queries::insert_delivery(conn, &delivery, &records, now))
-            .await
-    }
-
-    fn alive(&self) -> bool {
-        self.writer_alive.load(Ordering::SeqCst)
-    }
-
-    async fn check_writable(&self) -> Result<(), StoreError> {
-        self.write(|conn, now| {
-            conn.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES ('heartbeat', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .and_then(|mut upsert| upsert.execute(params![now.to_string()]))
-            .map(drop)
-            .map_err(sql_error)
-        })
-        .await
-    }
-
-    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
-        self.read(queries::queue_stats).await
-    }
-
-    async fn records(
-        &self,
-        status: Option<RecordStatus>,
-        limit: i64,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        self.read(move |conn| {
-            conn.prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM records WHERE status IN ({}) ORDER BY id LIMIT ?1",
-                crate::store::admin::record_statuses(status)
-            ))
-            .and_then(|mut select| select.query_map(params![limit], row_to_record)?.collect())
-            .map_err(sql_error)
-        })
-        .await
-    }
-
-    async fn claim(&self, request: &ClaimRequest) -> Result<Claimed, StoreError> {
-        let request = request.clone();
-        self.write(move |conn, now| queries::claim(conn, &request, now))
-            .await
-    }
-
-    async fn claim_completions(
-        &self,
-        request: &CompletionClaim,
-    ) -> Result<Vec<ClaimedBatch>, StoreError> {
-        let request = request.clone();
-        self.write(move |conn, now| queries::claim_completions(conn, &request, now))
-            .await
-    }
-
-    async fn renew(&self, lease: &str, extend: Duration) -> Result<bool, StoreError> {
-        let lease = lease.to_owned();
-        let extend = i64::try_from(extend.as_millis()).unwrap_or(i64::MAX);
-        self.write(move |conn, now| queries::renew(conn, &lease, now.saturating_add(extend)))
-            .await
-    }
-
-    async fn settle(
-        &self,
-        lease: &str,
-        outcomes: Vec<(i64, Settlement)>,
-    ) -> Result<usize, StoreError> {
-        let lease = lease.to_owned();
-        self.write(move |conn, now| queries::settle(conn, &lease, &outcomes, now))
-            .await
-    }
-
-    async fn expedite_retries(&self) -> Result<u64, StoreError> {
-        self.write(queries::expedite_retries).await
-    }
-
-    async fn claim_deliveries(
-        &self,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<DeferredDelivery>, StoreError> {
-        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        self.write(move |conn, now| {
-            queries::claim_deliveries(conn, limit, now.saturating_add(lease), now)
-        })
-        .await
-    }
-
-    async fn settle_delivery(
-        &self,
-        delivery: &DeferredDelivery,
-        outcome: FetchOutcome,
-    ) -> Result<IngestOutcome, StoreError> {
-        let delivery = delivery.clone();
-        self.write(move |conn, now| queries::settle_delivery(conn, &delivery, &outcome, now))
-            .await
-    }
-
-    async fn load_credential(&self, key: &str) -> Result<Option<StoredCredential>, StoreError> {
-        let key = key.to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT origin, refresh_token, access_token, expires_at_ms, updated_ms
-                 FROM credentials WHERE key = ?1",
-            )
-            .and_then(|mut select| {
-                select
-                    .query_row(params![key], |row| {
-                        Ok(StoredCredential {
-                            origin: row.get(0)?,
-                            refresh_token: Secret::from(row.get::<_, String>(1)?),
-                            access_token: Secret::from(row.get::<_, String>(2)?),
-                            expires_at_ms: row.get(3)?,
-                            refreshed_ms: row.get(4)?,
-                        })
-                    })
-                    .optional()
-            })
-            .map_err(sql_error)
-        })
-        .await
-    }
-
-    async fn save_credential(
-        &self,
-        key: &str,
-        credential: &StoredCredential,
-    ) -> Result<(), StoreError> {
-        let key = key.to_owned();
-        let credential = credential.clone();
-        self.write(move |conn, _| {
-            conn.prepare_cached(
-                "INSERT INTO credentials (key, origin, refresh_token, access_token, expires_at_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (key) DO UPDATE SET origin = excluded.origin,
-                     refresh_token = excluded.refresh_token, access_token = excluded.access_token,
-                     expires_at_ms = excluded.expires_at_ms, updated_ms = excluded.updated_ms",
-            )
-            .and_then(|mut upsert| {
-                upsert.execute(params![
-                    key,
-                    credential.origin,
-                    credential.refresh_token.expose(),
-                    credential.access_token.expose(),
-                    credential.expires_at_ms,
-                    credential.refreshed_ms,
-                ])
-            })
-            .map(drop)
-            .map_err(sql_error)
-        })
-        .await
-    }
-
-    async fn purge_settled(&self, older_than_ms: i64, max_rows: u64) -> Result<u64, StoreError> {
-        self.write(move |conn, _| queries::purge_settled(conn, older_than_ms, max_rows))
-            .await
-    }
-
-    async fn close(&self) {
-        let _ = self.jobs.send(Msg::Stop).await;
-        self.readers.permits.close();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        let _ = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                let _ = thread.join();
-            }
-        })
-        .await;
-    }
-    // ---- operations for the admin API and CLI ----
-
-    async fn list_records(
-        &self,
-        filter: &RecordFilter,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        let filter = filter.clone();
-        self.read(move |conn| admin::list_records(conn, &filter, after, limit))
-            .await
-    }
-
-    async fn list_owed_deliveries(
-        &self,
-        filter: &RecordFilter,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<OwedDelivery>, StoreError> {
-        let filter = filter.clone();
-        self.read(move |conn| admin::list_owed_deliveries(conn, &filter, after, limit))
-            .await
-    }
-
-    async fn retry_record(&self, id: i64) -> Result<Option<bool>, StoreError> {
-        self.write(move |conn, now| admin::retry_record(conn, id, now))
-            .await
-    }
-
-    async fn retry_delivery(&self, id: i64) -> Result<Option<bool>, StoreError> {
-        self.write(move |conn, now| admin::retry_delivery(conn, id, now))
-            .await
-    }
-
-    async fn retry_dead(&self, filter: &RecordFilter) -> Result<RetryCounts, StoreError> {
-        let filter = filter.clone();
-        self.write(move |conn, now| admin::retry_dead(conn, &filter, now))
-            .await
-    }
-
-    async fn event_tallies(&self, filter: &RecordFilter) -> Result<Vec<EventTally>, StoreError> {
-        let filter = filter.clone();
-        self.read(move |conn| admin::event_tallies(conn, &filter))
-            .await
-    }
-
-    async fn source_tallies(&self) -> Result<Vec<SourceTally>, StoreError> {
-        self.read(admin::source_tallies).await
-    }
+/// A row of [`RECORD_COLUMNS`].
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
+    let text_err = |i, msg: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, msg.into())
+    };
+    let state: String = row.get(2)?;
+    let status: String = row.get(3)?;
+    let properties: String = row.get(11)?;
+    let event_info: Option<String> = row.get(12)?;
+    let status = RecordStatus::from_stored(&status)
+        .ok_or_else(|| text_err(3, format!("status {status}")))?;
+    Ok(StoredRecord {
+        id: row.get(0)?,
+        source: row.get(1)?,
+        status,
+        attempts: row.get(13)?,
+        created_ms: row.get(14)?,
+        next_attempt_ms: row.get(15)?,
+        last_error: row.get(16)?,
+        record: NewRecord {
+            state: State::parse(&state).ok_or_else(|| text_err(2, format!("state {state}")))?,
+            email: row.get(4)?,
+            first_name: row.get(5)?,
+            last_name: row.get(6)?,
+            vid: row.get(7)?,
+            external_event_id: row.get(8)?,
+            external_account_id: row.get(9)?,
+            interaction_ms: row.get(10)?,
+            properties: serde_json::from_str::<BTreeMap<String, String>>(&properties)
+                .map_err(|e| text_err(11, e.to_string()))?,
+            event: event_info
+                .map(|json| serde_json::from_str::<EventInfo>(&json))
+                .transpose()
+                .map_err(|e| text_err(12, e.to_string()))?,
+            sender_id: None,
+            participant: row.get(17)?,
+            closes_session: false,
+        },
+        request_id: row.get(18)?,
+    })
 }

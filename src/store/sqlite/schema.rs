@@ -1,12 +1,13 @@
-//! The SQLite schema and its migrations from every earlier release.
+//! The SQLite schema and its migrations from every earlier release: an
+//! ordered list of steps, each from one version to the next.
 
 use rusqlite::Connection;
 
 use super::sql_error;
 use crate::store::StoreError;
 
-/// Version of [`SCHEMA`], kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 4;
+/// Version of [`SCHEMA`], kept in `PRAGMA user_version`: the last step's.
+pub const SCHEMA_VERSION: i64 = STEPS[STEPS.len() - 1].0;
 
 pub const SCHEMA: &str = concat!(
     r#"
@@ -25,7 +26,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     leased_until_ms INTEGER,
     lease_owner     TEXT,
     last_error      TEXT,
-    updated_ms      INTEGER
+    updated_ms      INTEGER,
+    -- The request that brought it (NULL: stored before request ids).
+    request_id      TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_owed ON deliveries (status, next_attempt_ms)
     WHERE status != 'done';
@@ -157,10 +160,49 @@ DROP TABLE records_v2;
 DROP TABLE deliveries_v2;
 "#;
 
-/// Version 3 to 4: completions (the records schema gains `covers_until`).
-const THIRD_TO_FOURTH: &str = "ALTER TABLE records ADD COLUMN covers_until INTEGER;";
+/// Brings a database of the version before it to the next.
+type Step = fn(&Connection) -> Result<(), StoreError>;
 
-/// Brings the database to [`SCHEMA_VERSION`] in one transaction.
+/// The upgrades from every earlier release, in order: the version each
+/// reaches, and how. No release had version 1.
+const STEPS: [(i64, Step); 4] = [
+    (2, |tx| run(tx, FIRST_TO_SECOND)),
+    (3, |tx| {
+        run(tx, SECOND_TO_THIRD)?;
+        run(tx, SCHEMA)?;
+        run(tx, COPY_FROM_SECOND)
+    }),
+    // Completions: the records schema gains `covers_until`.
+    (4, |tx| add_column(tx, "records", "covers_until", "INTEGER")),
+    (5, |tx| add_column(tx, "deliveries", "request_id", "TEXT")),
+];
+
+fn run(tx: &Connection, sql: &str) -> Result<(), StoreError> {
+    tx.execute_batch(sql).map_err(sql_error)
+}
+
+/// Adds a column unless the table has it: the rebuild to version 3 creates
+/// the tables as they are now, with every later step's columns.
+fn add_column(tx: &Connection, table: &str, column: &str, kind: &str) -> Result<(), StoreError> {
+    let present: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |row| row.get(0),
+        )
+        .map_err(sql_error)?;
+    if present {
+        return Ok(());
+    }
+    run(
+        tx,
+        &format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"),
+    )
+}
+
+/// Brings the database to [`SCHEMA_VERSION`] in one transaction: a new one
+/// gets [`SCHEMA`]; an earlier release's takes the steps after its version,
+/// in order, then whatever of [`SCHEMA`] (indexes, triggers) it still lacks.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -186,20 +228,12 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     conn.execute_batch("PRAGMA foreign_keys = OFF")
         .map_err(sql_error)?;
     let tx = conn.transaction().map_err(sql_error)?;
-    let upgrade = |sql: &str| tx.execute_batch(sql).map_err(sql_error);
-    if populated && version == 3 {
-        upgrade(THIRD_TO_FOURTH)?;
-        upgrade(SCHEMA)?;
-    } else if populated {
-        if version == 0 {
-            upgrade(FIRST_TO_SECOND)?;
+    if populated {
+        for (_, step) in STEPS.iter().filter(|(to, _)| *to > version) {
+            step(&tx)?;
         }
-        upgrade(SECOND_TO_THIRD)?;
-        upgrade(SCHEMA)?;
-        upgrade(COPY_FROM_SECOND)?;
-    } else {
-        upgrade(SCHEMA)?;
     }
+    run(&tx, SCHEMA)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(sql_error)?;
     tx.commit().map_err(sql_error)?;

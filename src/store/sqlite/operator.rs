@@ -1,17 +1,15 @@
-//! The statements behind the admin API and the operator subcommands: listing,
-//! retrying dead letters, tallies. Plain SQL, so the PostgreSQL store can
-//! carry it over (`?N IS NULL OR …` for an optional filter).
+//! The statements behind the admin API and the operator subcommands on
+//! SQLite: listing, retrying dead letters, tallies (`?N IS NULL OR …` for an
+//! optional filter).
 
+use async_trait::async_trait;
 use rusqlite::{Connection, params};
 
-use super::{
-    queries::{RECORD_COLUMNS, row_to_record},
-    sql_error,
-};
+use super::{RECORD_COLUMNS, SqliteStore, row_to_record, sql_error};
 use crate::store::{
-    EventTally, OwedDelivery, RecordFilter, RecordStatus, RetryCounts, SourceTally, StoreError,
-    StoredRecord,
-    admin::{
+    EventTally, Operator, OwedDelivery, RecordFilter, RecordStatus, RetryCounts, RetryOutcome,
+    SourceTally, StoreError, StoredRecord,
+    operator::{
         contains_pattern, delivery_statuses, event_tally, record_statuses,
         source_tallies as fold_tallies,
     },
@@ -19,7 +17,57 @@ use crate::store::{
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-pub fn list_records(
+#[async_trait]
+impl Operator for SqliteStore {
+    async fn list_records(
+        &self,
+        filter: &RecordFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>> {
+        let filter = filter.clone();
+        self.read(move |conn| list_records(conn, &filter, after, limit))
+            .await
+    }
+
+    async fn list_owed_deliveries(
+        &self,
+        filter: &RecordFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OwedDelivery>> {
+        let filter = filter.clone();
+        self.read(move |conn| list_owed_deliveries(conn, &filter, after, limit))
+            .await
+    }
+
+    async fn retry_record(&self, id: i64) -> Result<RetryOutcome> {
+        self.write(move |conn, now| retry_record(conn, id, now))
+            .await
+    }
+
+    async fn retry_delivery(&self, id: i64) -> Result<RetryOutcome> {
+        self.write(move |conn, now| retry_delivery(conn, id, now))
+            .await
+    }
+
+    async fn retry_dead(&self, filter: &RecordFilter) -> Result<RetryCounts> {
+        let filter = filter.clone();
+        self.write(move |conn, now| retry_dead(conn, &filter, now))
+            .await
+    }
+
+    async fn event_tallies(&self, filter: &RecordFilter) -> Result<Vec<EventTally>> {
+        let filter = filter.clone();
+        self.read(move |conn| event_tallies(conn, &filter)).await
+    }
+
+    async fn source_tallies(&self) -> Result<Vec<SourceTally>> {
+        self.read(source_tallies).await
+    }
+}
+
+fn list_records(
     conn: &Connection,
     filter: &RecordFilter,
     after: i64,
@@ -43,7 +91,7 @@ pub fn list_records(
     .map_err(sql_error)
 }
 
-pub fn list_owed_deliveries(
+fn list_owed_deliveries(
     conn: &Connection,
     filter: &RecordFilter,
     after: i64,
@@ -53,7 +101,8 @@ pub fn list_owed_deliveries(
         return Ok(Vec::new());
     };
     conn.prepare_cached(&format!(
-        "SELECT id, source, status, attempts, received_ms, next_attempt_ms, last_error
+        "SELECT id, source, status, attempts, received_ms, next_attempt_ms, last_error,
+             request_id
          FROM deliveries
          WHERE status IN ({statuses}) AND id > ?1 AND (?2 IS NULL OR source = ?2)
          ORDER BY id LIMIT ?3"
@@ -70,6 +119,7 @@ pub fn list_owed_deliveries(
                     received_ms: row.get(4)?,
                     next_attempt_ms: row.get(5)?,
                     last_error: row.get(6)?,
+                    request_id: row.get(7)?,
                 })
             })?
             .collect()
@@ -79,12 +129,12 @@ pub fn list_owed_deliveries(
 
 /// Only a dead record changes: the `status = 'dead'` condition is what makes
 /// a second retry, concurrent or from another replica, a no-op.
-pub fn retry_record(conn: &Connection, id: i64, now: i64) -> Result<Option<bool>> {
+fn retry_record(conn: &Connection, id: i64, now: i64) -> Result<RetryOutcome> {
     retry_one(conn, "records", "'dead'", "'pending'", id, now)
 }
 
 /// A failed delivery is to be fetched again, under the same condition.
-pub fn retry_delivery(conn: &Connection, id: i64, now: i64) -> Result<Option<bool>> {
+fn retry_delivery(conn: &Connection, id: i64, now: i64) -> Result<RetryOutcome> {
     retry_one(conn, "deliveries", "'failed'", "'fetch'", id, now)
 }
 
@@ -96,7 +146,7 @@ fn retry_one(
     again: &str,
     id: i64,
     now: i64,
-) -> Result<Option<bool>> {
+) -> Result<RetryOutcome> {
     let changed = conn
         .prepare_cached(&format!(
             "UPDATE {table} SET status = {again}, next_attempt_ms = ?2, attempts = 0,
@@ -106,7 +156,7 @@ fn retry_one(
         .and_then(|mut update| update.execute(params![id, now]))
         .map_err(sql_error)?;
     if changed > 0 {
-        return Ok(Some(true));
+        return Ok(RetryOutcome::Retried);
     }
     let exists: bool = conn
         .prepare_cached(&format!(
@@ -114,10 +164,10 @@ fn retry_one(
         ))
         .and_then(|mut select| select.query_row(params![id], |row| row.get(0)))
         .map_err(sql_error)?;
-    Ok(exists.then_some(false))
+    Ok(RetryOutcome::unchanged(exists))
 }
 
-pub fn retry_dead(conn: &Connection, filter: &RecordFilter, now: i64) -> Result<RetryCounts> {
+fn retry_dead(conn: &Connection, filter: &RecordFilter, now: i64) -> Result<RetryCounts> {
     let reason = contains_pattern(filter.reason.as_deref());
     let records = conn
         .prepare_cached(
@@ -151,7 +201,7 @@ pub fn retry_dead(conn: &Connection, filter: &RecordFilter, now: i64) -> Result<
     })
 }
 
-pub fn event_tallies(conn: &Connection, filter: &RecordFilter) -> Result<Vec<EventTally>> {
+fn event_tallies(conn: &Connection, filter: &RecordFilter) -> Result<Vec<EventTally>> {
     let rows: Vec<(String, String, String, String, i64, i64, i64)> = conn
         .prepare_cached(
             "SELECT external_account_id, external_event_id, state, status, COUNT(*),
@@ -180,7 +230,7 @@ pub fn event_tallies(conn: &Connection, filter: &RecordFilter) -> Result<Vec<Eve
     Ok(rows.into_iter().filter_map(event_tally).collect())
 }
 
-pub fn source_tallies(conn: &Connection) -> Result<Vec<SourceTally>> {
+fn source_tallies(conn: &Connection) -> Result<Vec<SourceTally>> {
     let grouped = |sql: &str| -> Result<Vec<(String, String, i64)>> {
         conn.prepare_cached(sql)
             .and_then(|mut select| {
