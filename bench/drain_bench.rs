@@ -60,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(1);
     let database_url = std::env::var("BENCH_DATABASE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}", db.display()));
-    let store = store::open(&database_url)?;
+    let store = store::open(&database_url, &Default::default())?;
     let emails: Vec<String> = (0..records)
         .map(|i| format!("attendee{i}@example.com"))
         .collect();

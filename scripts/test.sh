@@ -41,6 +41,15 @@ if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
 fi
 
+# pgbouncer (Debian's package) sits in front of the PostgreSQL tests' own
+# throwaway clusters (tests/api/pg_pooler.rs).
+if ! command -v pgbouncer >/dev/null 2>&1; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends pgbouncer
+  # The package starts a server of its own; the tests start theirs.
+  systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true
+fi
+
 # Every test, the ignored ones too: those need what this script installed
 # above, PostgreSQL, or ../shared/specs, and fail when it is missing.
 cargo test --locked -- --include-ignored

@@ -28,7 +28,7 @@ use crate::{
         zoom::Zoom,
     },
     status::LiveStatus,
-    store::{self, Store, StoreError},
+    store::{self, OpenError, Store, StoreOptions},
     token::{self, CredentialConfigError},
 };
 
@@ -57,7 +57,7 @@ const PURGE_CHUNK: u64 = 500;
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] OpenError),
     #[error("invalid {0}: {1}")]
     Setting(&'static str, String),
     #[error("invalid HubSpot credential settings: {0}")]
@@ -76,7 +76,10 @@ impl StartupError {
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            Self::Setting(..) | Self::Credential(_) | Self::Generic(_)
+            Self::Setting(..)
+                | Self::Credential(_)
+                | Self::Generic(_)
+                | Self::Store(OpenError::Setting(_))
         )
     }
 }
@@ -183,7 +186,10 @@ fn sources_from(
 
 impl Application {
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
-        let store = store::open(settings.database_url.expose())?;
+        let store = store::open(
+            settings.database_url.expose(),
+            &StoreOptions::from_settings(&settings),
+        )?;
         let metrics = Arc::new(Metrics::new());
         let status = Arc::new(LiveStatus::default());
         let (sources, platforms) = sources_from(&settings, &metrics)?;

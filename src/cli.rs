@@ -136,7 +136,8 @@ where
 
 /// Runs an operator subcommand on the store of `RELAY_DATABASE_URL`.
 pub async fn run_operator(command: &Operator, settings: &Settings) -> ExitCode {
-    let store = match store::open(settings.database_url.expose()) {
+    let options = store::StoreOptions::from_settings(settings);
+    let store = match store::open(settings.database_url.expose(), &options) {
         Ok(store) => store,
         Err(err) => {
             eprintln!("attendance-relay: cannot open the store: {err}");

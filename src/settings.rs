@@ -96,9 +96,23 @@ settings! {
 
     /// Store: `sqlite://path` (embedded; the file and its folder are created
     /// on first start), or `postgres://…` for several replicas sharing one
-    /// queue.
+    /// queue, with libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`
+    /// in the query.
     database_url: DatabaseUrl = "RELAY_DATABASE_URL", default "sqlite://data/relay.db",
         form "sqlite://path or postgres://user:password@host:port/database";
+
+    /// PostgreSQL: connections each process opens at most.
+    store_pool_size: NonZeroUsize = "RELAY_STORE_POOL_SIZE", default "8",
+        form "a positive whole number of connections";
+
+    /// PostgreSQL: how long the start waits for a server that is not up yet
+    /// (trying every second) before it exits with the last reason.
+    store_connect_timeout_secs: u64 = "RELAY_STORE_CONNECT_TIMEOUT_SECS", default "60",
+        form "a whole number of seconds";
+
+    /// PostgreSQL: the server stops a statement that runs longer (0: never).
+    store_statement_timeout_ms: u64 = "RELAY_STORE_STATEMENT_TIMEOUT_MS", default "30000",
+        form "a whole number of milliseconds";
 
     /// Request bodies larger than this are answered 413.
     max_body_bytes: NonZeroUsize = "RELAY_MAX_BODY_BYTES", default "262144",

@@ -289,6 +289,28 @@ def assert_objects(name, docs, vals):
             check(hpas[0]["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"], "HPA scales the Deployment")
         else:
             check(not hpas and dep["spec"]["replicas"] == vals["replicaCount"], f"replicas = {vals['replicaCount']}")
+        # TLS files: the CA bundle and the client certificate, read-only where the URL names them.
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        ca, client = vals["postgres"]["caBundle"], vals["postgres"]["clientCertSecret"]
+        for name, source, path in (("postgres-ca", ca["secret"] and {"secret": {"secretName": ca["secret"]}}
+                                    or ca["configMap"] and {"configMap": {"name": ca["configMap"]}},
+                                    "/etc/attendance-relay/postgres-ca"),
+                                   ("postgres-client", client and {"secret": {"secretName": client, "defaultMode": 0o440}},
+                                    "/etc/attendance-relay/postgres-client")):
+            if source:
+                got = {k: v for k, v in volumes.get(name, {}).items() if k != "name"}
+                check(got == source, f"{name} volume from {source} (got {got})")
+                m = mounts.get(name, {})
+                check(m.get("mountPath") == path and m.get("readOnly") is True, f"{name} mounted read-only at {path}")
+            else:
+                check(name not in volumes and name not in mounts, f"no {name} volume unless asked for")
+        # The start waits up to RELAY_STORE_CONNECT_TIMEOUT_SECS (60 s by default)
+        # for the database; the startupProbe must outlast it.
+        sp = c.get("startupProbe") or {}
+        wait = int(vals["config"].get("RELAY_STORE_CONNECT_TIMEOUT_SECS") or 60)
+        check(sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3) > wait,
+              f"the startupProbe outlasts the {wait} s wait for the database")
 
     # Service: both ports, by name.
     (svc,) = by_kind(docs, "Service")

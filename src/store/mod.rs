@@ -44,7 +44,7 @@ mod sqlite;
 
 use std::{sync::Arc, time::Duration};
 
-use crate::record::NewRecord;
+use crate::{record::NewRecord, settings::Settings};
 pub use call_window::{Admission, CallWindow};
 pub use credentials::{CredentialLock, Credentials, StoredCredential};
 pub use deliveries::{DeferredDelivery, Deliveries, FetchOutcome};
@@ -163,15 +163,58 @@ pub trait Store: Ingest + Queue + Deliveries + Credentials + CallWindow + Operat
 
 impl<T> Store for T where T: Ingest + Queue + Deliveries + Credentials + CallWindow + Operator {}
 
+/// Why the store cannot open; each says what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `RELAY_DATABASE_URL`, or a file it names, cannot work as written.
+    #[error("RELAY_DATABASE_URL: {0}")]
+    Setting(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<StoreError> for OpenError {
+    fn from(err: StoreError) -> Self {
+        Self::Failed(err.to_string())
+    }
+}
+
+/// How the PostgreSQL store connects (`RELAY_STORE_*`).
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub pool_size: usize,
+    /// How long the start waits for a server that is not up yet.
+    pub connect_wait: Duration,
+    /// The server stops a statement after this (0: never).
+    pub statement_timeout: Duration,
+}
+
+impl StoreOptions {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            pool_size: settings.store_pool_size.get(),
+            connect_wait: Duration::from_secs(settings.store_connect_timeout_secs),
+            statement_timeout: Duration::from_millis(settings.store_statement_timeout_ms),
+        }
+    }
+}
+
+impl Default for StoreOptions {
+    /// The settings' defaults.
+    fn default() -> Self {
+        Self::from_settings(&Settings::init_from_hashmap(&Default::default()).expect("defaults"))
+    }
+}
+
 /// Opens the store named by `RELAY_DATABASE_URL`.
-pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+pub fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, OpenError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Arc::new(SqliteStore::open(path)?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(PostgresStore::open(url)?));
+        return Ok(Arc::new(PostgresStore::open(url, options)?));
     }
-    Err(StoreError::Broken(format!(
+    Err(OpenError::Setting(format!(
         "unsupported database url (expected sqlite://path or postgres://…): {}://…",
         url.split("://").next().unwrap_or_default()
     )))

@@ -352,7 +352,7 @@ mod tests {
             Secret::from("secret".to_owned()),
             Secret::from(REFRESH_TOKEN.to_owned()),
             &format!("{}/oauth/2026-03/token", endpoint.url()),
-            crate::store::open(&db).unwrap(),
+            crate::store::open(&db, &Default::default()).unwrap(),
             Arc::new(Metrics::new()),
             Arc::default(),
         )

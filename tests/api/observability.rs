@@ -147,7 +147,11 @@ async fn a_webhook_is_followed_in_the_json_log_by_its_request_id_and_its_record_
         "{ingest:?}"
     );
 
-    let store = attendance_relay::store::open(&format!("sqlite://{}", db.display())).unwrap();
+    let store = attendance_relay::store::open(
+        &format!("sqlite://{}", db.display()),
+        &attendance_relay::store::StoreOptions::default(),
+    )
+    .unwrap();
     let records = store.records(None, 10).await.unwrap();
     assert_eq!(records.len(), 1);
     let record = format!("[{}]", records[0].id);

@@ -11,7 +11,7 @@ use attendance_relay::{
     settings::Secret,
     store::{
         ClaimRequest, CompletionClaim, FetchOutcome, PostgresStore, RecordFilter, RecordStatus,
-        Settlement, SqliteStore, Store, StoreError, StoredCredential,
+        Settlement, SqliteStore, Store, StoreError, StoreOptions, StoredCredential,
     },
 };
 
@@ -54,7 +54,7 @@ macro_rules! store_test {
             #[ignore = "needs PostgreSQL (RELAY_TEST_POSTGRES_URL or 127.0.0.1:5432): --include-ignored"]
             async fn on_postgres() {
                 let database = crate::pg::TestDatabase::create();
-                let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&database.url).unwrap());
+                let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&database.url, &StoreOptions::default()).unwrap());
                 let ($store, $backend) = (&store, Backend::Postgres);
                 $call.await;
             }
@@ -985,7 +985,9 @@ store_test!(concurrent_deliveries_dedupe_and_fail_alone, per backend);
 #[ignore = "needs PostgreSQL (RELAY_TEST_POSTGRES_URL or 127.0.0.1:5432): --include-ignored"]
 async fn a_previous_release_postgres_database_is_upgraded_in_place() {
     let database = crate::pg::TestDatabase::create();
-    let open = || -> Arc<dyn Store> { Arc::new(PostgresStore::open(&database.url).unwrap()) };
+    let open = || -> Arc<dyn Store> {
+        Arc::new(PostgresStore::open(&database.url, &StoreOptions::default()).unwrap())
+    };
     let store = open();
     ingest(&*store, vec![record("old@x.io", State::Attend, 1)]).await;
     store.close().await;
@@ -1037,12 +1039,10 @@ fn schema_version(path: &Path) -> i64 {
         .unwrap()
 }
 
-#[actix_web::test]
-async fn a_first_release_database_is_upgraded_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = fixture("first-release.db", dir.path());
-    assert_eq!(schema_version(&path), 0);
-    let store = open_sqlite(&path);
+/// A first release's five pending records of webinar 900 (three joins, a
+/// registration, a leave) after the upgrade: all there, with their identity,
+/// and forwarded.
+pub async fn first_release_records_are_kept(store: &dyn Store) {
     let pending = store
         .records(Some(RecordStatus::Pending), 10)
         .await
@@ -1061,7 +1061,7 @@ async fn a_first_release_database_is_upgraded_in_place() {
     let mut join = pending[0].record.clone();
     join.sender_id = None;
     assert_eq!(
-        ingest(&*store, vec![join, record("new@x.io", State::Attend, 8)]).await,
+        ingest(store, vec![join, record("new@x.io", State::Attend, 8)]).await,
         vec![false, true]
     );
     let claimed = store.claim(&claim(100, 10, 0)).await.unwrap();
@@ -1073,6 +1073,15 @@ async fn a_first_release_database_is_upgraded_in_place() {
             .sum::<usize>(),
         6
     );
+}
+
+#[actix_web::test]
+async fn a_first_release_database_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixture("first-release.db", dir.path());
+    assert_eq!(schema_version(&path), 0);
+    let store = open_sqlite(&path);
+    first_release_records_are_kept(&*store).await;
     store.close().await;
     assert_eq!(schema_version(&path), 5);
     // Opening again is a no-op.

@@ -7,6 +7,7 @@
 //! record.
 
 mod call_window;
+mod connect;
 mod credentials;
 mod deliveries;
 mod ingest;
@@ -23,17 +24,14 @@ use std::{
     time::Duration,
 };
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
+use deadpool_postgres::{GenericClient, Pool};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{NoTls, Row, error::SqlState};
+use tokio_postgres::{Row, error::SqlState};
 
-use super::{IngestOutcome, RecordStatus, StoreError, StoredRecord};
+use super::{IngestOutcome, OpenError, RecordStatus, StoreError, StoreOptions, StoredRecord};
 use crate::record::{Delivery, EventInfo, NewRecord, State};
 use ingest::insert_deliveries;
 
-/// Connections per process: ingest's writer, the forwarder, the fetcher,
-/// metrics and the rest.
-const POOL_SIZE: usize = 12;
 /// A database that does not answer within this fails the operation (503 on
 /// ingest) instead of holding a webhook past the platform's own timeout.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(4);
@@ -102,61 +100,39 @@ impl Drop for StoreRuntime {
 }
 
 impl PostgresStore {
-    /// Connects, migrates and starts the writer; fails if the database cannot
-    /// be reached now (the process is restarted until it can).
-    pub fn open(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|err| StoreError::Broken(format!("invalid RELAY_DATABASE_URL: {err}")))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("postgres-store")
-            .enable_all()
-            .build()
-            .map_err(|err| StoreError::Broken(format!("cannot start: {err}")))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let timeouts = Timeouts {
-            wait: Some(OPERATION_TIMEOUT),
-            create: Some(OPERATION_TIMEOUT),
-            recycle: Some(OPERATION_TIMEOUT),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .timeouts(timeouts)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|err| StoreError::Broken(format!("cannot build the pool: {err}")))?;
-        let migrating = pool.clone();
+    /// Connects (waiting for a server that is not up yet), migrates and
+    /// starts the writer.
+    pub fn open(url: &str, options: &StoreOptions) -> Result<Self, OpenError> {
+        let target = connect::Target::parse(url)?;
+        // Wrapped at once: dropped on a failure below, inside the caller's runtime.
+        let runtime = StoreRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("postgres-store")
+                .enable_all()
+                .build()
+                .map_err(|err| OpenError::Failed(format!("cannot start: {err}")))?,
+        ));
         // Blocked on from a thread of its own: the caller may be inside a runtime.
         std::thread::scope(|scope| {
             scope
-                .spawn(|| {
-                    runtime.block_on(async move {
-                        let mut client = migrating.get().await?;
-                        schema::migrate(&mut client).await
-                    })
-                })
+                .spawn(|| runtime.get().block_on(connect::prepare(&target, options)))
                 .join()
-                .unwrap_or_else(|_| Err(StoreError::Broken("the migration panicked".into())))
+                .unwrap_or_else(|_| Err(OpenError::Failed("the migration panicked".into())))
         })?;
+        let pool = connect::pool(&target, options)?;
 
         let (ingests, inbox) = mpsc::channel(QUEUE_DEPTH);
         let writer_alive = Arc::new(AtomicBool::new(true));
         let commits = Arc::new(AtomicU64::new(0));
-        let writer = runtime.spawn(run_writer(
+        let writer = runtime.get().spawn(run_writer(
             pool.clone(),
             inbox,
             Arc::clone(&writer_alive),
             Arc::clone(&commits),
         ));
         Ok(Self {
-            runtime: StoreRuntime(Some(runtime)),
+            runtime,
             pool,
             ingests: Mutex::new(Some(ingests)),
             writer: Mutex::new(Some(writer)),

@@ -11,7 +11,12 @@ pub const SCHEMA_VERSION: i32 = STEPS[STEPS.len() - 1].0;
 
 /// Every step, in order: the version it reaches, and its statements. A new
 /// database takes them all.
-const STEPS: [(i32, &str); 3] = [(1, SCHEMA), (2, COMPLETIONS), (3, REQUEST_IDS)];
+const STEPS: [(i32, &str); 4] = [
+    (1, SCHEMA),
+    (2, SHARED_WINDOW),
+    (2, COMPLETIONS),
+    (3, REQUEST_IDS),
+];
 
 /// Key of the advisory lock migrations hold ("relay" in ASCII).
 const MIGRATION_LOCK: i64 = 0x72_65_6c_61_79;
@@ -85,13 +90,17 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
--- The deployment's HubSpot calls of the last window, and HubSpot's pause.
-CREATE TABLE hubspot_calls (
+"#;
+
+/// The deployment's HubSpot calls of the last window, and HubSpot's pause:
+/// part of version 1 only from its second release on, so made where missing.
+const SHARED_WINDOW: &str = r#"
+CREATE TABLE IF NOT EXISTS hubspot_calls (
     id          BIGSERIAL PRIMARY KEY,
     started_ms  BIGINT NOT NULL,
     answered_ms BIGINT
 );
-CREATE TABLE hubspot_pause (
+CREATE TABLE IF NOT EXISTS hubspot_pause (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
     not_before_ms BIGINT NOT NULL
 );

@@ -27,7 +27,7 @@ use std::{
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{RECORD_COLUMNS, RecordStatus, StoreError, StoredRecord};
+use super::{OpenError, RECORD_COLUMNS, RecordStatus, StoreError, StoredRecord};
 use crate::record::{EventInfo, NewRecord, State, now_ms};
 
 /// Most jobs one transaction takes; bounds the latency a single commit adds.
@@ -111,26 +111,44 @@ fn connect(path: &str) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The writer's connection, refused unless the file can be written.
+fn open_writable(path: &str) -> Result<Connection, StoreError> {
+    if let Some(dir) = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|err| StoreError::Broken(format!("cannot create {}: {err}", dir.display())))?;
+    }
+    // SQLite would open a file it may not write read-only, without an error.
+    if Path::new(path).exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|err| StoreError::Broken(format!("cannot open it for writing: {err}")))?;
+    }
+    let writer = connect(path)?;
+    // FULL: every commit fsyncs the WAL, so an acknowledged webhook survives power loss.
+    writer
+        .execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA wal_autocheckpoint = 0;
+             PRAGMA foreign_keys = ON;",
+        )
+        .map_err(sql_error)?;
+    Ok(writer)
+}
+
 impl SqliteStore {
-    pub fn open(path: &str) -> Result<Self, StoreError> {
-        if let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|err| {
-                StoreError::Broken(format!("cannot create {}: {err}", dir.display()))
-            })?;
-        }
-        let mut writer = connect(path)?;
-        // FULL: every commit fsyncs the WAL, so an acknowledged webhook survives power loss.
-        writer
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = FULL;
-                 PRAGMA wal_autocheckpoint = 0;
-                 PRAGMA foreign_keys = ON;",
-            )
-            .map_err(sql_error)?;
+    pub fn open(path: &str) -> Result<Self, OpenError> {
+        let mut writer = open_writable(path).map_err(|err| {
+            OpenError::Failed(format!(
+                "cannot write the SQLite database {path} ({err}): the gateway's user must be able \
+                 to create and write it, the -wal and -shm files beside it and its folder \
+                 (mount a writable volume there)"
+            ))
+        })?;
         schema::migrate(&mut writer)?;
 
         let readers = (0..READERS)
@@ -143,7 +161,7 @@ impl SqliteStore {
         let alive = AliveWhileHeld(Arc::clone(&writer_alive));
         let commits = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&commits);
-        let spawn_failed = |err: std::io::Error| StoreError::Broken(format!("cannot start: {err}"));
+        let spawn_failed = |err: std::io::Error| OpenError::Failed(format!("cannot start: {err}"));
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
