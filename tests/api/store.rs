@@ -966,8 +966,10 @@ async fn concurrent_deliveries_dedupe_and_fail_alone(store: &Arc<dyn Store>, bac
     let stored = store.records(None, 1000).await.unwrap();
     let with_nul = stored.iter().filter(|r| r.record.email == nul).count();
     match (backend, &outcomes[REFUSED as usize]) {
-        (Backend::Postgres, Err(StoreError::Broken(_))) => {
+        (Backend::Postgres, Err(StoreError::Broken(why))) => {
             assert_eq!((stored.len(), with_nul), (39, 0), "refused alone");
+            // The server's own words, not only the driver's "db error".
+            assert!(why.contains("invalid byte sequence"), "{why}");
         }
         (Backend::Sqlite, Ok(outcome)) => {
             assert_eq!(outcome.accepted(), 1);

@@ -253,8 +253,9 @@ impl Target {
     }
 }
 
-/// `err` and its causes, as one text (tokio-postgres's own shows only itself).
-fn chain(err: &tokio_postgres::Error) -> String {
+/// `err` and its causes, as one text (tokio-postgres's own shows only itself:
+/// "db error", without the server's message).
+pub(super) fn chain(err: &tokio_postgres::Error) -> String {
     let mut text = err.to_string();
     let mut cause = std::error::Error::source(err);
     while let Some(current) = cause {

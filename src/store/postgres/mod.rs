@@ -49,9 +49,9 @@ impl From<tokio_postgres::Error> for StoreError {
                 || *code == SqlState::QUERY_CANCELED
         });
         if err.is_closed() || transient_code || err.as_db_error().is_none() {
-            StoreError::Unavailable(err.to_string())
+            StoreError::Unavailable(connect::chain(&err))
         } else {
-            StoreError::Broken(format!("database error: {err}"))
+            StoreError::Broken(format!("database error: {}", connect::chain(&err)))
         }
     }
 }
