@@ -281,10 +281,6 @@ impl Operations {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     pub async fn status(&self) -> Result<Status, OpsError> {
         let stats = self.store.queue_stats().await?;
         let mut sources: BTreeMap<String, Counts> = BTreeMap::new();
