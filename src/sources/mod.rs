@@ -3,6 +3,7 @@
 
 pub mod eventbrite;
 pub mod generic;
+pub mod inventory;
 pub mod zoom;
 
 use actix_web::HttpRequest;
